@@ -1,0 +1,316 @@
+"""params.yaml → typed, validated dataclasses.
+
+``params.yaml`` is the single source of hyperparameters. This module turns it into
+frozen dataclasses and rejects anything it does not understand with *one* sentence
+naming the key, the value and what would be accepted — unknown keys (typos),
+missing keys, wrong types and out-of-range values alike. Nothing here supplies a
+default that params.yaml cannot override: every field is required in the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Optional
+
+import yaml
+
+from sdclr.errors import ConfigError
+
+DATASETS = ("fashion_mnist", "cifar10", "cifar100")
+METHODS = ("simclr", "sdclr", "sbid")
+
+# --------------------------------------------------------------------------- checks
+# A check returns None when the value is fine, else the phrase "what is accepted".
+
+
+def _range(lo=None, hi=None, lo_open=False, hi_open=False, what="a number"):
+    def check(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return f"a finite {what.removeprefix('a ').removeprefix('an ')}"
+        bad = (lo is not None and (v <= lo if lo_open else v < lo)) or (
+            hi is not None and (v >= hi if hi_open else v > hi)
+        )
+        if not bad:
+            return None
+        if lo is not None and hi is not None:
+            return f"{what} in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        if lo is not None:
+            return f"{what} {'>' if lo_open else '>='} {lo}"
+        return f"{what} {'<' if hi_open else '<='} {hi}"
+
+    return check
+
+
+def positive(what="a positive number"):
+    return _range(lo=0, lo_open=True, what=what)
+
+
+def non_negative(what="a number"):
+    return _range(lo=0, what=what)
+
+
+def unit_interval(what="a probability"):
+    return _range(lo=0, hi=1, what=what)
+
+
+def _interval_pair(lo, hi):
+    def check(v):
+        a, b = v
+        if not (lo <= a <= b <= hi):
+            return f"two numbers [low, high] with {lo} <= low <= high <= {hi}"
+        return None
+
+    return check
+
+
+def _distinct_ids(v):
+    if len(v) == 0 or len(set(v)) != len(v) or min(v) < 0:
+        return "a non-empty list of distinct non-negative split ids, e.g. [0, 1, 2, 3, 4]"
+    return None
+
+
+def _distinct_methods(v):
+    if len(v) == 0 or len(set(v)) != len(v):
+        return f"a non-empty list of distinct method names from {list(METHODS)}"
+    return None
+
+
+def _device(v):
+    if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
+        return None
+    return "'auto', 'cpu', 'cuda' or 'cuda:N'"
+
+
+def _p(check=None, doc=""):
+    return field(metadata={"check": check, "doc": doc})
+
+
+# --------------------------------------------------------------------------- schema
+
+
+@dataclass(frozen=True)
+class DataParams:
+    dataset: Literal["fashion_mnist", "cifar10", "cifar100"] = _p(doc="which dataset the pipeline runs on")
+    source_dir: Optional[str] = _p(doc="a directory holding the official files; null = system copy, then download")
+    download: bool = _p(doc="allow the official download when no local copy is found")
+
+
+@dataclass(frozen=True)
+class SubsampleParams:
+    val_per_class: int = _p(positive("a positive integer"), "balanced validation images held out per class")
+    imbalance_ratio: float = _p(_range(lo=1, what="a number"), "r: largest class / smallest class")
+    n_max: Optional[int] = _p(positive("a positive integer or null"), "images of the largest class; null = per-class pool size")
+    splits: list[int] = _p(_distinct_ids, "ids of the independent long-tail draws")
+    few_shot_fraction: float = _p(_range(lo=0, hi=1, lo_open=True, what="a fraction"), "S_b size per class, as a fraction of the pool")
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    width: int = _p(positive("a positive integer"), "ResNet-18 base width (64 = paper)")
+    head_depth: int = _p(_range(lo=1, hi=3, what="an integer"), "number of linear layers in the projection head")
+    head_hidden: int = _p(positive("a positive integer"), "projection head hidden width")
+    proj_dim: int = _p(positive("a positive integer"), "projection head output dimension")
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    crop_scale: tuple[float, float] = _p(_interval_pair(0.0, 1.0), "RandomResizedCrop area range")
+    crop_ratio: tuple[float, float] = _p(_interval_pair(0.1, 10.0), "RandomResizedCrop aspect-ratio range")
+    flip_p: float = _p(unit_interval(), "horizontal flip probability")
+    jitter: tuple[float, float, float, float] = _p(None, "colour jitter brightness, contrast, saturation, hue")
+    jitter_p: float = _p(unit_interval(), "probability of applying colour jitter")
+    gray_p: float = _p(unit_interval(), "probability of converting to grayscale")
+    interpolation: Literal["bilinear", "bicubic"] = _p(None, "crop resampling (paper: bicubic)")
+
+    def __post_init__(self):
+        b, c, s, h = self.jitter
+        if min(b, c, s) < 0 or not 0 <= h <= 0.5:
+            raise ConfigError(
+                f"params.yaml: augment.jitter = {list(self.jitter)} is out of range; accepted: "
+                "[brightness, contrast, saturation, hue] with the first three >= 0 and hue in [0, 0.5]."
+            )
+
+
+@dataclass(frozen=True)
+class PretrainParams:
+    methods: list[Literal["simclr", "sdclr", "sbid"]] = _p(_distinct_methods, "methods pretrained and compared")
+    epochs: int = _p(positive("a positive integer"), "pretraining epochs")
+    batch_size: int = _p(_range(lo=2, what="an integer"), "images per step")
+    lr: float = _p(positive(), "peak learning rate (after warm-up)")
+    momentum: float = _p(_range(lo=0, hi=1, hi_open=True, what="a number"), "SGD momentum")
+    weight_decay: float = _p(non_negative(), "SGD weight decay")
+    warmup_epochs: int = _p(non_negative("an integer"), "linear warm-up epochs before cosine decay")
+    temperature: float = _p(positive(), "NT-Xent temperature")
+    checkpoint_every: int = _p(positive("a positive integer"), "epochs between resume checkpoints")
+    amp: Literal["auto", "bf16", "off"] = _p(None, "autocast: auto = bf16 on CUDA, off on CPU")
+    channels_last: Literal["auto", "on", "off"] = _p(None, "memory format: auto = channels_last on CUDA")
+    compile: bool = _p(None, "wrap the model in torch.compile")
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int = _p(non_negative("an integer"), "seed of every random draw")
+    device: str = _p(_device, "where training runs")
+    prune_ratio: float = _p(_range(lo=0, hi=1, hi_open=True, what="a fraction"), "SDCLR: fraction of conv weights pruned")
+    data: DataParams = _p()
+    subsample: SubsampleParams = _p()
+    model: ModelParams = _p()
+    augment: AugmentParams = _p()
+    pretrain: PretrainParams = _p()
+
+
+# --------------------------------------------------------------------------- loader
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is bool:
+        return "true or false"
+    if tp is str:
+        return "a string"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return f"{_type_name(inner[0])} or null"
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0]).removeprefix('an ').removeprefix('a ')}s"
+    if origin is tuple:
+        return f"a list of {len(typing.get_args(tp))} {_type_name(typing.get_args(tp)[0]).removeprefix('an ').removeprefix('a ')}s"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping of keys"
+    return str(tp)
+
+
+def _coerce(value: Any, tp, key: str) -> Any:
+    """Return ``value`` converted to ``tp`` or raise one ConfigError sentence."""
+
+    def fail():
+        raise ConfigError(f"params.yaml: {key} = {value!r} has the wrong type; accepted: {_type_name(tp)}.")
+
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            fail()
+        return _build(tp, value, key)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
+        try:
+            return _coerce(value, inner, key)
+        except ConfigError:
+            fail()
+    if origin is Literal:
+        if value not in typing.get_args(tp) or isinstance(value, bool):
+            raise ConfigError(
+                f"params.yaml: {key} = {value!r} is not a known choice; accepted: {_type_name(tp)}."
+            )
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            fail()
+        (inner,) = typing.get_args(tp)
+        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        inner = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(inner):
+            fail()
+        return tuple(_coerce(v, t, f"{key}[{i}]") for i, (v, t) in enumerate(zip(value, inner)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            fail()
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail()
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail()
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            fail()
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} for {key}")
+
+
+def _build(cls, raw: dict, prefix: str):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    where = f"`{prefix}`" if prefix else "the top level"
+    for k in raw:
+        if k not in names:
+            raise ConfigError(
+                f"params.yaml: unknown key {_join(prefix, k)!r} at {where}; accepted keys there: {', '.join(names)}."
+            )
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        key = _join(prefix, f.name)
+        if f.name not in raw:
+            raise ConfigError(
+                f"params.yaml: missing key {key!r} ({f.metadata.get('doc') or 'required'}); add it to params.yaml."
+            )
+        value = _coerce(raw[f.name], hints[f.name], key)
+        check: Optional[Callable] = f.metadata.get("check")
+        if check is not None and value is not None:
+            accepted = check(value)
+            if accepted:
+                shown = list(value) if isinstance(value, tuple) else value
+                raise ConfigError(f"params.yaml: {key} = {shown!r} is out of range; accepted: {accepted}.")
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def parse_params(raw: Any) -> Params:
+    """Validate an already-parsed YAML document."""
+    if not isinstance(raw, dict):
+        raise ConfigError("params.yaml: the file must be a YAML mapping of keys at the top level.")
+    return _build(Params, raw, "")
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml; every problem is one ConfigError sentence."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found; run from the project root or pass --params PATH.") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}; fix the syntax there.") from None
+    return parse_params(raw)
+
+
+def as_flat_dict(params: Params) -> dict[str, Any]:
+    """Dotted-key view of every param (what MLflow logs and what hashes are taken over)."""
+    out: dict[str, Any] = {}
+
+    def walk(obj, prefix):
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            key = _join(prefix, f.name)
+            if dataclasses.is_dataclass(v):
+                walk(v, key)
+            else:
+                out[key] = list(v) if isinstance(v, tuple) else v
+
+    walk(params, "")
+    return out
