@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Idempotent set-up, sourced by reproduce.sh and test.sh:
+#  - a local virtual environment .venv with the pinned packages of requirements.txt and this package;
+#  - Debian's dataset-fashion-mnist (the offline copy of Fashion-MNIST) when apt can be used.
+# Re-running is cheap: the venv is rebuilt only when requirements.txt or pyproject.toml change.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PYTHON="${PYTHON:-python3}"
+
+want="$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
+stamp=.venv/.installed-requirements
+if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: creating .venv and installing pinned packages (a few minutes the first time)..."
+  "$PYTHON" -m venv .venv
+  .venv/bin/python -m pip install --quiet --upgrade pip 2> >(grep -v "^WARNING: Location" >&2)
+  .venv/bin/python -m pip install --quiet -r requirements.txt 2> >(grep -v "^WARNING: Location" >&2)
+  .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e . 2> >(grep -v "^WARNING: Location" >&2)
+  echo "$want" > "$stamp"
+fi
+
+if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "setup: installing Debian's dataset-fashion-mnist..."
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  elif command -v apt-get >/dev/null && command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+    echo "setup: installing Debian's dataset-fashion-mnist (sudo)..."
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  else
+    echo "setup: note: /usr/share/datasets/fashion-mnist is missing and apt is not usable here;" \
+         "the download stage will try the official mirror (or set data.source_dir in params.yaml)." >&2
+  fi
+fi
+
+export PATH="$ROOT/.venv/bin:$PATH"
+export MPLBACKEND=Agg

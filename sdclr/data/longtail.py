@@ -1,0 +1,214 @@
+"""The SDCLR long-tail recipe, generalised to any labelled dataset.
+
+From the official train set:
+
+1. a balanced validation set is held out (``val_per_class`` per class, the same for
+   every split, so model selection never sees a training image);
+2. the rest is the *pool*; for every split id k, with its own seeded generator:
+   - the long-tail subset D_i: classes are put in a random order and class at rank i
+     gets ``n_i = floor(n_max * r^(-i/(C-1)))`` images drawn from its pool;
+   - the balanced subset D_b: ``floor(|D_i| / C)`` images per class (same total, up to
+     rounding), drawn from the pool;
+   - the few-shot labelled subset S_b: ``max(1, floor(fraction * pool_c))`` per class.
+3. Classes sorted by their D_i count form Major / Moderate / Minor groups (CIFAR-10:
+   4/3/3; in general the first ceil-ish third, see :func:`class_groups`).
+
+All indices point into the official train arrays. Everything is a pure function of
+(labels, params, seed, split id): same inputs, bitwise-identical outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from sdclr.errors import ConfigError
+
+GROUP_NAMES = ("major", "moderate", "minor")
+
+
+def longtail_counts(n_max: int, imbalance_ratio: float, num_classes: int) -> list[int]:
+    """``n_i = floor(n_max * r^(-i/(C-1)))`` for rank i = 0..C-1.
+
+    A tiny epsilon guards the floor against float error at exact integers
+    (e.g. 4500 * 100^-1 = 45 must not become 44).
+    """
+    if num_classes == 1:
+        return [n_max]
+    return [
+        int(math.floor(n_max * imbalance_ratio ** (-i / (num_classes - 1)) + 1e-9))
+        for i in range(num_classes)
+    ]
+
+
+def class_groups(num_classes: int) -> dict[str, list[int]]:
+    """Split ranks 0..C-1 (largest class first) into Major / Moderate / Minor.
+
+    The paper's CIFAR-10 grouping is 4/3/3 and CIFAR-100's 34/33/33: Minor and
+    Moderate get floor(C/3) each and Major takes the remainder.
+    """
+    c = num_classes
+    third = c // 3
+    n_major = c - 2 * third
+    ranks = list(range(c))
+    return {
+        "major": ranks[:n_major],
+        "moderate": ranks[n_major : n_major + third],
+        "minor": ranks[n_major + third :],
+    }
+
+
+@dataclass(frozen=True)
+class Split:
+    """One long-tail draw. Index arrays are int64 indices into the official train set."""
+
+    split_id: int
+    class_order: np.ndarray  # class_order[i] = class id at rank i (rank 0 = largest)
+    longtail: np.ndarray  # D_i
+    balanced: np.ndarray  # D_b
+    fewshot: np.ndarray  # S_b
+
+    def class_counts(self, labels: np.ndarray, which: str = "longtail") -> np.ndarray:
+        return np.bincount(labels[getattr(self, which)], minlength=len(self.class_order))
+
+    def groups(self) -> dict[str, list[int]]:
+        """Major/Moderate/Minor as lists of *class ids*."""
+        return {g: [int(self.class_order[r]) for r in ranks] for g, ranks in class_groups(len(self.class_order)).items()}
+
+
+def hold_out_validation(labels: np.ndarray, val_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Balanced validation hold-out → (pool indices, validation indices), both sorted."""
+    rng = np.random.default_rng([seed, 0x5A11])
+    num_classes = int(labels.max()) + 1
+    pool, val = [], []
+    for c in range(num_classes):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) <= val_per_class:
+            raise ConfigError(
+                f"params.yaml: subsample.val_per_class = {val_per_class} leaves no training images for class {c} "
+                f"(it has {len(idx)}); accepted: an integer below {len(idx)}."
+            )
+        idx = rng.permutation(idx)
+        val.append(idx[:val_per_class])
+        pool.append(idx[val_per_class:])
+    return np.sort(np.concatenate(pool)).astype(np.int64), np.sort(np.concatenate(val)).astype(np.int64)
+
+
+def draw_split(
+    labels: np.ndarray,
+    pool: np.ndarray,
+    split_id: int,
+    imbalance_ratio: float,
+    n_max: int | None,
+    few_shot_fraction: float,
+    seed: int,
+) -> Split:
+    """Draw D_i, D_b and S_b for one split id from the pool (see the module docstring)."""
+    num_classes = int(labels.max()) + 1
+    rng = np.random.default_rng([seed, split_id])
+    per_class = [pool[labels[pool] == c] for c in range(num_classes)]
+    smallest_pool = min(len(p) for p in per_class)
+    if n_max is None:
+        n_max = smallest_pool
+    if n_max > smallest_pool:
+        raise ConfigError(
+            f"params.yaml: subsample.n_max = {n_max} is larger than the smallest class pool ({smallest_pool} images); "
+            f"accepted: null or an integer <= {smallest_pool}."
+        )
+    counts = longtail_counts(n_max, imbalance_ratio, num_classes)
+    if counts[-1] < 1:
+        raise ConfigError(
+            f"params.yaml: subsample.n_max = {n_max} with imbalance_ratio = {imbalance_ratio} leaves the rarest class "
+            "with no image; accepted: n_max >= imbalance_ratio."
+        )
+    class_order = rng.permutation(num_classes).astype(np.int64)
+    n_balanced = sum(counts) // num_classes
+
+    longtail, balanced, fewshot = [], [], []
+    for rank, c in enumerate(class_order):
+        # One permutation per class per purpose keeps the draws independent of each other.
+        longtail.append(rng.permutation(per_class[c])[: counts[rank]])
+    for c in range(num_classes):
+        balanced.append(rng.permutation(per_class[c])[:n_balanced])
+    for c in range(num_classes):
+        k = max(1, int(math.floor(few_shot_fraction * len(per_class[c]) + 1e-9)))
+        fewshot.append(rng.permutation(per_class[c])[:k])
+
+    def cat(parts):
+        return np.sort(np.concatenate(parts)).astype(np.int64)
+
+    return Split(split_id, class_order, cat(longtail), cat(balanced), cat(fewshot))
+
+
+def make_splits(labels: np.ndarray, sub, seed: int) -> tuple[np.ndarray, np.ndarray, list[Split]]:
+    """Validation hold-out plus one :class:`Split` per id in ``sub.splits`` (SubsampleParams)."""
+    pool, val = hold_out_validation(labels, sub.val_per_class, seed)
+    splits = [
+        draw_split(labels, pool, k, sub.imbalance_ratio, sub.n_max, sub.few_shot_fraction, seed)
+        for k in sub.splits
+    ]
+    return pool, val, splits
+
+
+def split_summary(split: Split, labels: np.ndarray, class_names: list[str]) -> dict:
+    lt = split.class_counts(labels, "longtail")
+    return {
+        "split_id": split.split_id,
+        "class_order": [int(c) for c in split.class_order],
+        "class_order_names": [class_names[c] for c in split.class_order],
+        "longtail_counts": [int(x) for x in lt],
+        "longtail_counts_by_rank": [int(lt[c]) for c in split.class_order],
+        "longtail_total": int(lt.sum()),
+        "balanced_counts": [int(x) for x in split.class_counts(labels, "balanced")],
+        "balanced_total": int(len(split.balanced)),
+        "fewshot_counts": [int(x) for x in split.class_counts(labels, "fewshot")],
+        "fewshot_total": int(len(split.fewshot)),
+        "groups": split.groups(),
+    }
+
+
+def write_splits(out_dir, labels, pool, val, splits, sub, seed, class_names) -> dict:
+    """Write index files, summary.json and the class-count figure into ``out_dir`` atomically."""
+    from sdclr.io import atomic_dir, save_npz, write_json
+    from sdclr.plots import plot_class_counts
+
+    summary = {
+        "seed": seed,
+        "num_classes": len(class_names),
+        "class_names": class_names,
+        "imbalance_ratio": sub.imbalance_ratio,
+        "n_max": sub.n_max,
+        "val_per_class": sub.val_per_class,
+        "few_shot_fraction": sub.few_shot_fraction,
+        "pool_total": int(len(pool)),
+        "val_total": int(len(val)),
+        "splits": [split_summary(s, labels, class_names) for s in splits],
+    }
+    with atomic_dir(out_dir) as tmp:
+        save_npz(tmp / "pool_val.npz", pool=pool, val=val)
+        for s in splits:
+            save_npz(
+                tmp / f"split{s.split_id}.npz",
+                longtail=s.longtail, balanced=s.balanced, fewshot=s.fewshot, class_order=s.class_order,
+            )
+        write_json(tmp / "summary.json", summary)
+        plot_class_counts(summary, tmp / "class_counts.png")
+    return summary
+
+
+def load_split(splits_dir, split_id: int) -> dict[str, np.ndarray]:
+    """Index arrays of one split plus the shared pool and validation indices."""
+    from pathlib import Path
+
+    from sdclr.errors import DataError
+    from sdclr.io import load_npz
+
+    splits_dir = Path(splits_dir)
+    path = splits_dir / f"split{split_id}.npz"
+    if not path.exists():
+        raise DataError(
+            f"{path} does not exist; add {split_id} to subsample.splits in params.yaml and run `dvc repro subsample`."
+        )
+    return {**load_npz(splits_dir / "pool_val.npz"), **load_npz(path)}

@@ -1,0 +1,26 @@
+"""Stage `download`: put the official dataset into data/raw/<dataset>/ as verified .npz."""
+
+from pathlib import Path
+
+from sdclr.data.sources import fetch_dataset
+from sdclr.stage import run_stage
+
+
+def main(params, args):
+    out = Path(args.out_root) / params.data.dataset
+    meta = fetch_dataset(
+        params.data.dataset,
+        out,
+        source_dir=params.data.source_dir,
+        allow_download=params.data.download,
+    )
+    print(f"{params.data.dataset}: {meta['train_count']} train / {meta['test_count']} test images "
+          f"from {meta['source']['kind']} → {out}")
+
+
+def add_arguments(p):
+    p.add_argument("--out-root", default="data/raw", help="parent directory of the dataset folder")
+
+
+if __name__ == "__main__":
+    run_stage(main, __doc__, add_arguments)

@@ -1,0 +1,31 @@
+"""Stage `subsample`: balanced validation hold-out and the long-tail / balanced / few-shot splits."""
+
+import json
+from pathlib import Path
+
+from sdclr.data.longtail import make_splits, write_splits
+from sdclr.io import load_npz
+from sdclr.stage import run_stage
+
+
+def main(params, args):
+    raw = Path(args.raw_root) / params.data.dataset
+    out = Path(args.out_root) / params.data.dataset
+    meta = json.loads((raw / "meta.json").read_text())
+    labels = load_npz(raw / "train.npz")["labels"]
+    pool, val, splits = make_splits(labels, params.subsample, params.seed)
+    summary = write_splits(out, labels, pool, val, splits, params.subsample, params.seed, meta["class_names"])
+    for s in summary["splits"]:
+        print(f"split {s['split_id']}: long-tail {s['longtail_total']} images "
+              f"(largest {max(s['longtail_counts'])}, smallest {min(s['longtail_counts'])}), "
+              f"balanced {s['balanced_total']}, few-shot {s['fewshot_total']}")
+    print(f"validation {len(val)}, pool {len(pool)} → {out}")
+
+
+def add_arguments(p):
+    p.add_argument("--raw-root", default="data/raw")
+    p.add_argument("--out-root", default="data/splits")
+
+
+if __name__ == "__main__":
+    run_stage(main, __doc__, add_arguments)

@@ -1,0 +1,91 @@
+"""params.yaml validation: every bad value is one sentence naming key, value and what is accepted."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from sdclr.config import as_flat_dict, load_params, parse_params
+from sdclr.errors import ConfigError
+
+
+def test_project_params_yaml_is_valid(root):
+    params = load_params(root / "params.yaml")
+    assert 0 <= params.prune_ratio < 1
+    assert params.data.dataset in ("fashion_mnist", "cifar10", "cifar100")
+    flat = as_flat_dict(params)
+    assert "prune_ratio" in flat and "subsample.imbalance_ratio" in flat
+
+
+def _set(d, dotted, value):
+    *path, last = dotted.split(".")
+    for k in path:
+        d = d[k]
+    if value is _DELETE:
+        del d[last]
+    else:
+        d[last] = value
+
+
+_DELETE = object()
+
+BAD = [
+    # (dotted key, bad value, words the message must contain)
+    ("prune_ratio", 1.0, ["prune_ratio", "1.0", "[0, 1)"]),
+    ("prune_ratio", -0.1, ["prune_ratio", "-0.1", "[0, 1)"]),
+    ("prune_ratio", "high", ["prune_ratio", "'high'", "a number"]),
+    ("prune_ratio", float("nan"), ["prune_ratio", "nan", "finite"]),
+    ("subsample.imbalance_ratio", 0.5, ["subsample.imbalance_ratio", "0.5", ">= 1"]),
+    ("data.dataset", "imagenet", ["data.dataset", "'imagenet'", "'fashion_mnist'", "'cifar10'", "'cifar100'"]),
+    ("pretrain.methods", ["simclr", "byol"], ["pretrain.methods[1]", "'byol'", "'sdclr'"]),
+    ("pretrain.methods", [], ["pretrain.methods", "non-empty"]),
+    ("pretrain.epochs", 0, ["pretrain.epochs", "0", "> 0"]),
+    ("pretrain.epochs", -3, ["pretrain.epochs", "-3", "> 0"]),
+    ("pretrain.epochs", 2.5, ["pretrain.epochs", "2.5", "an integer"]),
+    ("pretrain.epochs", True, ["pretrain.epochs", "True", "an integer"]),
+    ("subsample.splits", [0, 0], ["subsample.splits", "distinct"]),
+    ("subsample.few_shot_fraction", 0.0, ["subsample.few_shot_fraction", "(0, 1]"]),
+    ("subsample.n_max", 0, ["subsample.n_max", "positive integer or null"]),
+    ("augment.crop_scale", [0.9, 0.1], ["augment.crop_scale", "low <= high"]),
+    ("augment.crop_scale", [0.1], ["augment.crop_scale", "a list of 2 numbers"]),
+    ("augment.flip_p", 1.5, ["augment.flip_p", "1.5", "[0, 1]"]),
+    ("augment.jitter", [0.4, 0.4, 0.4, 0.9], ["augment.jitter", "hue"]),
+    ("device", "tpu", ["device", "'tpu'", "'cuda:N'"]),
+    ("data.download", "yes", ["data.download", "true or false"]),
+    ("pretrain.bogus", 1, ["unknown key", "pretrain.bogus", "epochs"]),
+    ("lr", 0.1, ["unknown key", "'lr'", "prune_ratio"]),
+    ("pretrain.lr", _DELETE, ["missing key", "pretrain.lr"]),
+    ("data", 3, ["data", "a mapping"]),
+]
+
+
+@pytest.mark.parametrize("key,value,words", BAD, ids=[f"{k}={v!r}"[:40] for k, v, _ in BAD])
+def test_bad_value_gives_one_sentence(raw_params, key, value, words):
+    _set(raw_params, key, value)
+    with pytest.raises(ConfigError) as info:
+        parse_params(raw_params)
+    msg = str(info.value)
+    for w in words:
+        assert w in msg, f"{w!r} missing from: {msg}"
+    assert msg.count("\n") == 0 and msg.endswith("."), msg
+    assert msg.startswith("params.yaml:")
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "params.yaml"
+    bad.write_text("seed: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_params(bad)
+
+
+def test_int_accepted_where_number_expected(raw_params):
+    raw_params["subsample"]["imbalance_ratio"] = 50
+    assert parse_params(raw_params).subsample.imbalance_ratio == 50.0
+
+
+def test_round_trip_through_yaml(raw_params, tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw_params))
+    assert load_params(path) == parse_params(raw_params)

@@ -1,0 +1,113 @@
+"""The SDCLR long-tail recipe: exact counts, disjointness, determinism, groups."""
+
+from __future__ import annotations
+
+import hashlib
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from sdclr.data.longtail import class_groups, draw_split, hold_out_validation, longtail_counts, make_splits, write_splits
+from sdclr.errors import ConfigError
+from tests.conftest import balanced_labels
+
+
+def sub_params(**kw):
+    base = dict(val_per_class=500, imbalance_ratio=100.0, n_max=None, splits=[0, 1], few_shot_fraction=0.01)
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+def test_cifar10_counts_match_the_paper():
+    assert longtail_counts(4500, 100, 10) == [4500, 2697, 1617, 969, 581, 348, 208, 125, 75, 45]
+    assert sum(longtail_counts(4500, 100, 10)) == 11165
+
+
+def test_cifar100_total_matches_the_paper():
+    assert sum(longtail_counts(450, 100, 100)) == 9754
+
+
+def test_cifar10_layout_end_to_end():
+    labels = balanced_labels(10, 5000)
+    pool, val, (split, _) = make_splits(labels, sub_params(), seed=0)
+    assert len(val) == 5000 and len(pool) == 45000
+    assert np.all(np.bincount(labels[val]) == 500)
+    by_rank = np.bincount(labels[split.longtail], minlength=10)[split.class_order]
+    assert by_rank.tolist() == [4500, 2697, 1617, 969, 581, 348, 208, 125, 75, 45]
+    assert np.all(np.bincount(labels[split.balanced]) == 1116)  # 11165 // 10
+    assert np.all(np.bincount(labels[split.fewshot]) == 45)  # 1% of 4500
+
+
+def test_cifar100_layout_fewshot_is_four_per_class():
+    labels = balanced_labels(100, 500)
+    pool, val, (split,) = make_splits(labels, sub_params(val_per_class=50, splits=[0]), seed=0)
+    assert len(split.longtail) == 9754
+    assert np.all(np.bincount(labels[split.fewshot]) == 4)  # floor(0.01 * 450)
+    groups = split.groups()
+    assert [len(groups[g]) for g in ("major", "moderate", "minor")] == [34, 33, 33]
+
+
+def test_validation_is_disjoint_from_every_training_subset_and_subsets_are_in_the_pool():
+    labels = balanced_labels(10, 600)
+    pool, val, splits = make_splits(labels, sub_params(val_per_class=60, splits=[0, 1, 2]), seed=3)
+    assert not set(pool) & set(val)
+    assert len(set(pool) | set(val)) == len(labels)
+    for s in splits:
+        for subset in (s.longtail, s.balanced, s.fewshot):
+            assert not set(subset) & set(val)
+            assert set(subset) <= set(pool)
+            assert len(np.unique(subset)) == len(subset)
+
+
+def test_another_split_is_another_draw_and_validation_is_shared():
+    labels = balanced_labels(10, 600)
+    _, _, (a, b) = make_splits(labels, sub_params(val_per_class=60), seed=0)
+    assert not np.array_equal(a.longtail, b.longtail)
+    assert not np.array_equal(a.fewshot, b.fewshot)
+
+
+def test_groups_follow_long_tail_rank():
+    assert class_groups(10) == {"major": [0, 1, 2, 3], "moderate": [4, 5, 6], "minor": [7, 8, 9]}
+    labels = balanced_labels(10, 600)
+    pool, _ = hold_out_validation(labels, 60, seed=0)
+    split = draw_split(labels, pool, 0, 100.0, None, 0.01, seed=0)
+    counts = np.bincount(labels[split.longtail], minlength=10)
+    g = split.groups()
+    assert min(counts[g["major"]]) > max(counts[g["moderate"]]) > 0
+    assert min(counts[g["moderate"]]) > max(counts[g["minor"]])
+
+
+def _digest(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.npz"))}
+
+
+def test_same_seed_gives_byte_identical_files(tmp_path):
+    labels = balanced_labels(10, 600)
+    names = [f"c{i}" for i in range(10)]
+    sub = sub_params(val_per_class=60)
+    for out in ("a", "b"):
+        pool, val, splits = make_splits(labels, sub, seed=7)
+        write_splits(tmp_path / out, labels, pool, val, splits, sub, 7, names)
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    assert (tmp_path / "a" / "summary.json").read_bytes() == (tmp_path / "b" / "summary.json").read_bytes()
+    assert (tmp_path / "a" / "class_counts.png").stat().st_size > 5000
+    pool, val, splits = make_splits(labels, sub, seed=8)
+    write_splits(tmp_path / "c", labels, pool, val, splits, sub, 8, names)
+    assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
+
+
+@pytest.mark.parametrize(
+    "kw,words",
+    [
+        (dict(val_per_class=600), ["subsample.val_per_class", "600", "below 600"]),
+        (dict(val_per_class=60, n_max=999), ["subsample.n_max", "999", "<= 540"]),
+        (dict(val_per_class=60, n_max=50), ["subsample.n_max", "50", "n_max >= imbalance_ratio"]),
+    ],
+)
+def test_impossible_sizes_are_one_sentence(kw, words):
+    labels = balanced_labels(10, 600)
+    with pytest.raises(ConfigError) as info:
+        make_splits(labels, sub_params(**kw), seed=0)
+    for w in words:
+        assert w in str(info.value)
