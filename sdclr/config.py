@@ -74,12 +74,6 @@ def _distinct_ids(v):
     return None
 
 
-def _distinct_methods(v):
-    if len(v) == 0 or len(set(v)) != len(v):
-        return f"a non-empty list of distinct method names from {list(METHODS)}"
-    return None
-
-
 def _device(v):
     if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
         return None
@@ -138,7 +132,6 @@ class AugmentParams:
 
 @dataclass(frozen=True)
 class PretrainParams:
-    methods: list[Literal["simclr", "sdclr", "sbid"]] = _p(_distinct_methods, "methods pretrained and compared")
     epochs: int = _p(positive("a positive integer"), "pretraining epochs")
     batch_size: int = _p(_range(lo=2, what="an integer"), "images per step")
     lr: float = _p(positive(), "peak learning rate (after warm-up)")
@@ -153,6 +146,23 @@ class PretrainParams:
 
 
 @dataclass(frozen=True)
+class ProbeParams:
+    lr: float = _p(positive(), "linear probe peak learning rate (SGD, momentum 0.9, cosine)")
+    weight_decay: float = _p(non_negative(), "linear probe weight decay")
+    batch_size: int = _p(positive("a positive integer"), "linear probe batch size")
+    full_shot_epochs: int = _p(positive("a positive integer"), "epochs on the whole balanced pool")
+    few_shot_epochs: int = _p(positive("a positive integer"), "epochs on the few-shot subset S_b")
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    feature_batch_size: int = _p(positive("a positive integer"), "images per feature-extraction batch")
+    knn_k: int = _p(positive("a positive integer"), "neighbours of the kNN classifier")
+    knn_temperature: float = _p(positive(), "temperature of the kNN vote weights exp(sim/T)")
+    probe: ProbeParams = _p()
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int = _p(non_negative("an integer"), "seed of every random draw")
     device: str = _p(_device, "where training runs")
@@ -162,6 +172,7 @@ class Params:
     model: ModelParams = _p()
     augment: AugmentParams = _p()
     pretrain: PretrainParams = _p()
+    evaluate: EvaluateParams = _p()
 
 
 # --------------------------------------------------------------------------- loader

@@ -60,6 +60,11 @@ def class_groups(num_classes: int) -> dict[str, list[int]]:
     }
 
 
+def groups_of(class_order) -> dict[str, list[int]]:
+    """Major/Moderate/Minor as lists of class ids, given the classes in long-tail rank order."""
+    return {g: [int(class_order[r]) for r in ranks] for g, ranks in class_groups(len(class_order)).items()}
+
+
 @dataclass(frozen=True)
 class Split:
     """One long-tail draw. Index arrays are int64 indices into the official train set."""
@@ -75,7 +80,7 @@ class Split:
 
     def groups(self) -> dict[str, list[int]]:
         """Major/Moderate/Minor as lists of *class ids*."""
-        return {g: [int(self.class_order[r]) for r in ranks] for g, ranks in class_groups(len(self.class_order)).items()}
+        return groups_of(self.class_order)
 
 
 def hold_out_validation(labels: np.ndarray, val_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,35 @@
+"""The training set on the device, batched by on-device permutation (airbench style).
+
+Images stay uint8 NCHW on the device for the whole run (Fashion-MNIST-LT: 10 MB;
+CIFAR-10-LT: 34 MB), so a batch is a single gather — no DataLoader workers, no
+per-image Python, no host↔device copy per step.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+
+def to_device_uint8(images_nhwc: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 N×H×W×C (the on-disk layout) → uint8 N×C×H×W tensor on ``device``."""
+    return torch.from_numpy(np.ascontiguousarray(images_nhwc)).permute(0, 3, 1, 2).contiguous().to(device)
+
+
+def channel_stats(images_nhwc: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in [0, 1] units, for the model's input normalisation."""
+    x = images_nhwc.reshape(-1, images_nhwc.shape[-1]).astype(np.float64) / 255.0
+    return x.mean(0).tolist(), x.std(0).tolist()
+
+
+def epoch_batches(num_samples: int, batch_size: int, generator: torch.Generator,
+                  device: torch.device) -> Iterator[torch.Tensor]:
+    """Index tensors of one epoch: a fresh permutation, full batches only (drop_last).
+
+    Dropping the ragged last batch keeps every step's contrastive problem the same size.
+    """
+    perm = torch.randperm(num_samples, generator=generator, device=device)
+    for start in range(0, num_samples - batch_size + 1, batch_size):
+        yield perm[start : start + batch_size]

@@ -1,0 +1,134 @@
+"""Frozen-encoder evaluation: features once, linear probes (full- and few-shot), kNN.
+
+Protocol (PAPERS.md): dense branch, dense BN, eval mode. Probes are trained on the
+balanced train pool (full-shot) and on the 1 %-per-class subset S_b (few-shot); the
+epoch is chosen on the validation hold-out and the test set of the official split is
+reported. Deviation from the authors (documented in the report): features are extracted
+once without augmentation and standardised, so the probe is a fast convex problem.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sdclr.data.device_data import to_device_uint8
+from sdclr.metrics import group_report, per_class_accuracy
+
+
+@torch.no_grad()
+def extract_features(net, images_nhwc: np.ndarray, device: torch.device, batch_size: int) -> torch.Tensor:
+    """Backbone features (dense branch, eval mode) of uint8 N×H×W×C images, as float32 on CPU."""
+    net.eval()
+    out = []
+    for start in range(0, len(images_nhwc), batch_size):
+        x = to_device_uint8(images_nhwc[start : start + batch_size], device).float().div_(255)
+        out.append(net.features(x).float().cpu())
+    return torch.cat(out)
+
+
+@dataclass
+class ProbeResult:
+    best_epoch: int
+    val_accuracy: float
+    test_pred: np.ndarray
+    val_curve: list[float]
+
+
+def _balanced_accuracy(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> float:
+    pc = per_class_accuracy(logits.argmax(1).numpy(), y.numpy(), num_classes)
+    return float(np.nanmean(pc))
+
+
+def linear_probe(
+    train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
+    test_x: torch.Tensor, num_classes: int, epochs: int, lr: float, weight_decay: float,
+    batch_size: int, seed: int,
+) -> ProbeResult:
+    """Softmax regression on standardised frozen features, SGD + cosine schedule.
+
+    Model selection: the epoch with the best validation mean per-class accuracy; its
+    test predictions are returned (test labels are never looked at here).
+    """
+    mu, sigma = train_x.mean(0, keepdim=True), train_x.std(0, keepdim=True).clamp_min(1e-6)
+    norm = lambda x: (x - mu) / sigma  # noqa: E731
+    tx, vx, sx = norm(train_x), norm(val_x), norm(test_x)
+    g = torch.Generator().manual_seed(seed)
+    head = torch.nn.Linear(tx.shape[1], num_classes)
+    with torch.no_grad():
+        head.weight.normal_(0, 0.01, generator=g)
+        head.bias.zero_()
+    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    n = len(tx)
+    bs = min(batch_size, n)
+    steps = math.ceil(n / bs) * epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    best = (-1.0, 0, None)
+    curve = []
+    for epoch in range(epochs):
+        perm = torch.randperm(n, generator=g)
+        for start in range(0, n, bs):
+            idx = perm[start : start + bs]
+            loss = F.cross_entropy(head(tx[idx]), train_y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        with torch.no_grad():
+            acc = _balanced_accuracy(head(vx), val_y, num_classes)
+            curve.append(acc)
+            if acc > best[0]:
+                best = (acc, epoch + 1, head(sx).argmax(1).numpy())
+    return ProbeResult(best_epoch=best[1], val_accuracy=best[0], test_pred=best[2], val_curve=curve)
+
+
+@torch.no_grad()
+def knn_predict(memory_x: torch.Tensor, memory_y: torch.Tensor, query_x: torch.Tensor, num_classes: int,
+                k: int, temperature: float, chunk: int = 1024) -> np.ndarray:
+    """Cosine kNN with exp(sim / T) vote weights (Wu et al. 2018), memory = balanced pool."""
+    mem = F.normalize(memory_x, dim=1)
+    k = min(k, len(mem))
+    preds = []
+    for start in range(0, len(query_x), chunk):
+        q = F.normalize(query_x[start : start + chunk], dim=1)
+        sim, idx = (q @ mem.T).topk(k, dim=1)
+        votes = torch.zeros(len(q), num_classes)
+        votes.scatter_add_(1, memory_y[idx], (sim / temperature).exp())
+        preds.append(votes.argmax(1))
+    return torch.cat(preds).numpy()
+
+
+def evaluate_encoder(net, images_train, labels_train, images_test, labels_test, split: dict, groups: dict,
+                     eval_params, seed: int, device: torch.device, log=print) -> dict:
+    """All probes of one encoder on one split → metrics dict (see module docstring)."""
+    num_classes = int(labels_train.max()) + 1
+    pool, val, fewshot = split["pool"], split["val"], split["fewshot"]
+    bs = eval_params.feature_batch_size
+    log("extracting features (pool, validation, test)...")
+    feats_pool = extract_features(net, images_train[pool], device, bs)
+    feats_val = extract_features(net, images_train[val], device, bs)
+    feats_test = extract_features(net, images_test, device, bs)
+    y_pool, y_val = torch.from_numpy(labels_train[pool]), torch.from_numpy(labels_train[val])
+    few_pos = np.searchsorted(pool, fewshot)  # S_b ⊂ pool: positions of its rows in the pool features
+
+    out = {"num_classes": num_classes, "groups": groups, "feature_dim": int(feats_pool.shape[1])}
+    p = eval_params.probe
+    settings = {
+        "full_shot": (feats_pool, y_pool, p.full_shot_epochs),
+        "few_shot": (feats_pool[few_pos], y_pool[few_pos], p.few_shot_epochs),
+    }
+    for name, (x, y, epochs) in settings.items():
+        log(f"linear probe {name}: {len(x)} training images, {epochs} epochs")
+        res = linear_probe(x, y, feats_val, y_val, feats_test, num_classes, epochs, p.lr, p.weight_decay,
+                           p.batch_size, seed)
+        pc = per_class_accuracy(res.test_pred, labels_test, num_classes)
+        out[name] = {**group_report(pc, groups), "best_epoch": res.best_epoch,
+                     "val_accuracy": res.val_accuracy, "train_size": len(x), "val_curve": res.val_curve}
+    pred = knn_predict(feats_pool, y_pool, feats_test, num_classes, eval_params.knn_k, eval_params.knn_temperature)
+    out["knn"] = {**group_report(per_class_accuracy(pred, labels_test, num_classes), groups),
+                  "k": eval_params.knn_k}
+    return out

@@ -1,0 +1,98 @@
+"""CIFAR-style ResNet-18 whose every conv is prunable and every BN dual.
+
+The CIFAR variant (3x3 stride-1 stem, no max-pool) keeps 32x32 inputs at full
+resolution in the first stage, as in SimCLR's and SDCLR's CIFAR experiments.
+Input normalisation lives inside the model (``mean``/``std`` buffers) so that
+pretraining, feature extraction and probing can never disagree about it.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from sdclr.models.layers import DENSE, DualBatchNorm, MaskedConv2d
+
+
+def conv3x3(in_planes: int, planes: int, stride: int = 1) -> MaskedConv2d:
+    return MaskedConv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with a residual; a 1x1 conv + BN shortcut when the shape changes."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = conv3x3(in_planes, planes, stride)
+        self.bn1 = DualBatchNorm(planes)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = DualBatchNorm(planes)
+        if stride != 1 or in_planes != planes:
+            self.shortcut_conv = MaskedConv2d(in_planes, planes, kernel_size=1, stride=stride, bias=False)
+            self.shortcut_bn = DualBatchNorm(planes)
+        else:
+            self.shortcut_conv = None
+            self.shortcut_bn = None
+
+    def forward(self, x: torch.Tensor, branch: int = DENSE) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x, branch), branch))
+        out = self.bn2(self.conv2(out, branch), branch)
+        if self.shortcut_conv is not None:
+            shortcut = self.shortcut_bn(self.shortcut_conv(x, branch), branch)
+        else:
+            shortcut = x
+        return F.relu(out + shortcut)
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 (CIFAR stem) mapping images in [0, 1] to ``8 * width`` features.
+
+    ``forward(x, branch)`` takes float [B, C, H, W] in [0, 1] (contiguous or
+    channels_last) and returns globally average-pooled features.
+    """
+
+    def __init__(self, in_channels: int, width: int, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
+        std_t = torch.as_tensor(std, dtype=torch.float32).reshape(-1)
+        if mean_t.numel() != in_channels or std_t.numel() != in_channels:
+            raise ValueError(
+                f"ResNet18: mean and std need one value per input channel ({in_channels}); "
+                f"got {mean_t.numel()} and {std_t.numel()}."
+            )
+        if not bool((std_t > 0).all()):
+            raise ValueError(f"ResNet18: std must be positive per channel, got {std_t.tolist()}.")
+        self.register_buffer("mean", mean_t.view(1, -1, 1, 1))
+        self.register_buffer("std", std_t.view(1, -1, 1, 1))
+
+        self.conv1 = conv3x3(in_channels, width)
+        self.bn1 = DualBatchNorm(width)
+        blocks = []
+        in_planes = width
+        for mult, stride in ((1, 1), (2, 2), (4, 2), (8, 2)):
+            planes = width * mult
+            blocks += [BasicBlock(in_planes, planes, stride), BasicBlock(planes, planes, 1)]
+            in_planes = planes
+        # A flat list (not nn.Sequential) because every block needs the branch argument.
+        self.blocks = nn.ModuleList(blocks)
+        self.feature_dim = in_planes
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # He init for ReLU nets (fan-out, as torchvision's ResNet); BN starts as identity.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor, branch: int = DENSE) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        x = F.relu(self.bn1(self.conv1(x, branch), branch))
+        for block in self.blocks:
+            x = block(x, branch)
+        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)

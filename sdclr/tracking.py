@@ -1,0 +1,120 @@
+"""The one place that talks to MLflow.
+
+Store: ``MLFLOW_TRACKING_URI`` when set, else a SQLite file ``mlflow.db`` at the *real*
+project root. Inside ``dvc exp run --queue`` the stage runs in a temporary copy under
+``.dvc/tmp/exps/`` that is deleted afterwards, so the root comes from ``DVC_ROOT`` (set by
+DVC), and every experiment is created with an explicit absolute artifact location —
+otherwise queued runs and their artifacts would vanish with the copy.
+
+``mlflow`` is imported lazily (it costs about a second), and metrics are logged in
+batches (one call per epoch) to keep the SQLite store quick.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from sdclr.stage import project_root
+
+
+def tracking_uri() -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def artifact_root() -> str:
+    """Absolute artifact location: next to a SQLite store, else <project root>/mlartifacts."""
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
+    return (project_root() / "mlartifacts").as_uri()
+
+
+def git_commit(cwd: Path | None = None) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or project_root(), capture_output=True,
+                             text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _mlflow():
+    import logging
+
+    import mlflow
+
+    # Alembic's per-migration INFO lines drown the stage output on first use of a store.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    mlflow.set_tracking_uri(tracking_uri())
+    return mlflow
+
+
+def init_store() -> None:
+    """Create the store's schema once (concurrent first-time migrations race)."""
+    _mlflow().MlflowClient().search_experiments(max_results=1)
+
+
+def experiment_id(name: str) -> str:
+    mlflow = _mlflow()
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=f"{artifact_root()}/{name}")
+    except mlflow.exceptions.MlflowException:  # created concurrently by another worker
+        return client.get_experiment_by_name(name).experiment_id
+
+
+class Run:
+    """One MLflow run: ``with Run(...) as run: run.log_metrics({...}, step=epoch)``.
+
+    Ends FINISHED on success, FAILED on an exception, KILLED on Ctrl-C.
+    """
+
+    def __init__(self, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str]):
+        self.mlflow = _mlflow()
+        self.client = self.mlflow.MlflowClient()
+        all_tags = {
+            "git_commit": git_commit(),
+            "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
+            "dvc_stage": os.environ.get("DVC_STAGE", ""),
+            "mlflow.runName": run_name,
+            **{k: str(v) for k, v in tags.items()},
+        }
+        run = self.client.create_run(experiment_id(experiment), tags=all_tags, run_name=run_name)
+        self.run_id = run.info.run_id
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        batch = [Metric(k, float(v), ts, step) for k, v in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        status = "FINISHED" if exc_type is None else ("KILLED" if exc_type is KeyboardInterrupt else "FAILED")
+        self.client.set_terminated(self.run_id, status)

@@ -1,0 +1,217 @@
+"""The pretraining loop shared by every method.
+
+SGD with momentum, linear warm-up then per-iteration cosine decay to 0, weight decay;
+bf16 autocast and channels_last on CUDA (params ``pretrain.amp`` / ``channels_last``);
+optional ``torch.compile``. The data is on the device and augmented there. A NaN/inf
+loss stops the run with :class:`TrainingError` and leaves the last good checkpoint in
+place; checkpoints are written atomically every ``checkpoint_every`` epochs and resumed
+from only when their fingerprint matches.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from sdclr import checkpoint
+from sdclr.config import Params
+from sdclr.data.augment import BatchAugment
+from sdclr.data.device_data import epoch_batches, to_device_uint8
+from sdclr.errors import ConfigError, TrainingError
+from sdclr.methods import build_method, method_params
+from sdclr.models import build_model
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"params.yaml: device = {name!r} but no CUDA device is visible; accepted here: 'auto' or 'cpu'.")
+    return torch.device(name)
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
+    """Linear warm-up to ``peak`` over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * peak * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+@dataclass
+class PretrainResult:
+    epochs_run: int
+    resumed_from_epoch: int
+    final_loss: float
+    images_per_s: float
+
+
+@dataclass
+class ModelSpec:
+    """What evaluation needs to rebuild the network from a saved state dict."""
+
+    in_channels: int
+    mean: list[float]
+    std: list[float]
+
+
+def training_fingerprint(params: Params, method: str, split_id: int, indices: np.ndarray) -> str:
+    p = params.pretrain
+    shaping = {
+        "method": method, "split": split_id, "seed": params.seed,
+        "model": asdict(params.model), "augment": asdict(params.augment),
+        "pretrain": {k: v for k, v in asdict(p).items() if k != "checkpoint_every"},
+        "method_params": method_params(method, params),
+        "data": checkpoint.fingerprint(indices.tolist()),
+    }
+    return checkpoint.fingerprint(shaping)
+
+
+def pretrain(
+    params: Params,
+    method_name: str,
+    split_id: int,
+    images: np.ndarray,
+    indices: np.ndarray,
+    spec: ModelSpec,
+    out_path: Path,
+    ckpt_path: Path,
+    run=None,
+    log: Callable[[str], None] = print,
+    stop_after_epoch: int | None = None,
+) -> PretrainResult:
+    """Pretrain ``method_name`` on ``images[indices]`` (uint8 N×H×W×C) and save the network.
+
+    ``run`` is an optional :class:`sdclr.tracking.Run` receiving per-epoch metrics.
+    ``stop_after_epoch`` ends the loop early (after checkpointing) — used to test resume.
+    """
+    p = params.pretrain
+    device = resolve_device(params.device)
+    on_cuda = device.type == "cuda"
+    use_bf16 = p.amp == "bf16" or (p.amp == "auto" and on_cuda)
+    channels_last = p.channels_last == "on" or (p.channels_last == "auto" and on_cuda)
+
+    n = len(indices)
+    if n < p.batch_size:
+        raise ConfigError(f"params.yaml: pretrain.batch_size = {p.batch_size} is larger than the training subset "
+                          f"({n} images); accepted: an integer <= {n}.")
+    data = to_device_uint8(images[indices], device)
+    steps_per_epoch = n // p.batch_size
+    total_steps = steps_per_epoch * p.epochs
+    warmup_steps = min(p.warmup_epochs * steps_per_epoch, total_steps)
+
+    torch.manual_seed(params.seed * 1000 + split_id)
+    net = build_model(params.model, spec.in_channels, spec.mean, spec.std)
+    method = build_method(method_name, params, net, num_samples=n).to(device)
+    if channels_last:
+        method = method.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(method.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
+    augment = BatchAugment(params.augment, channels=spec.in_channels)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(params.seed * 1000 + split_id + 1)
+    step_fn = torch.compile(method) if p.compile else method
+
+    fp = training_fingerprint(params, method_name, split_id, indices)
+    start_epoch = 0
+    state = checkpoint.try_resume(ckpt_path, fp, map_location=device, log=log)
+    if state is not None:
+        method.load_state_dict(state["method"])
+        optimizer.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"].cpu())
+        torch.set_rng_state(state["torch_rng"].cpu())
+        start_epoch = int(state["epoch"])
+        log(f"resuming {method_name} split {split_id} from epoch {start_epoch} ({ckpt_path})")
+
+    def save_checkpoint(epoch_done: int):
+        checkpoint.save(ckpt_path, {
+            "fingerprint": fp, "epoch": epoch_done, "method": method.state_dict(),
+            "optimizer": optimizer.state_dict(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+        })
+
+    from tqdm import tqdm
+
+    last_loss, rate = float("nan"), 0.0
+    step = start_epoch * steps_per_epoch
+    for epoch in range(start_epoch, p.epochs):
+        method.train()
+        epoch_metrics = method.on_epoch_start(epoch)
+        loss_sum = torch.zeros((), device=device)
+        t0 = time.perf_counter()
+        bar = tqdm(total=steps_per_epoch, desc=f"{method_name} s{split_id} ep {epoch + 1}/{p.epochs}",
+                   unit="step", leave=False, disable=None, file=sys.stderr, dynamic_ncols=True)
+        report_every = max(1, steps_per_epoch // 10)
+        for i, idx in enumerate(epoch_batches(n, p.batch_size, gen, device)):
+            lr = lr_at(step, total_steps, warmup_steps, p.lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                loss, _ = step_fn(data[idx], idx, augment, gen, channels_last)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach().float()
+            step += 1
+            if (i + 1) % report_every == 0 or i + 1 == steps_per_epoch:
+                running = loss_sum.item() / (i + 1)  # one host sync every ~10% of an epoch
+                if not math.isfinite(running):
+                    bar.close()
+                    raise TrainingError(
+                        f"{method_name} split {split_id}: the loss became {running} at epoch {epoch + 1} step {i + 1}; "
+                        f"lower pretrain.lr (now {p.lr}) or raise pretrain.temperature (now {p.temperature}) — "
+                        f"the last good checkpoint {ckpt_path} is kept."
+                    )
+                elapsed = time.perf_counter() - t0
+                bar.set_postfix(loss=f"{running:.4f}", img_s=f"{(i + 1) * p.batch_size / elapsed:.0f}")
+                bar.update(i + 1 - bar.n)
+        bar.close()
+        if on_cuda:
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - t0
+        last_loss = loss_sum.item() / steps_per_epoch
+        rate = steps_per_epoch * p.batch_size / seconds
+        metrics = {"loss": last_loss, "lr": lr, "temperature": p.temperature, "images_per_s": rate,
+                   "epoch_seconds": seconds, **epoch_metrics}
+        log(f"{method_name} split {split_id} epoch {epoch + 1}/{p.epochs}: loss {last_loss:.4f}, "
+            f"lr {lr:.4f}, {rate:.0f} images/s" + "".join(f", {k} {v:.4f}" for k, v in epoch_metrics.items()))
+        if run is not None:
+            run.log_metrics(metrics, step=epoch + 1)
+        if (epoch + 1) % p.checkpoint_every == 0 or epoch + 1 == p.epochs:
+            save_checkpoint(epoch + 1)
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < p.epochs:
+            return PretrainResult(epoch + 1 - start_epoch, start_epoch, last_loss, rate)
+
+    save_encoder(out_path, method, method_name, spec, params, fp,
+                 pretrain_run_id=getattr(run, "run_id", ""))
+    return PretrainResult(p.epochs - start_epoch, start_epoch, last_loss, rate)
+
+
+def save_encoder(path: Path, method, method_name: str, spec: ModelSpec, params: Params, fp: str,
+                 pretrain_run_id: str = "") -> None:
+    """The trained network (masks included), what is needed to rebuild it, and its MLflow run."""
+    net_state = {k: v.detach().cpu().contiguous() for k, v in method.net.state_dict().items()}
+    checkpoint.save(path, {
+        "method": method_name,
+        "fingerprint": fp,
+        "net": net_state,
+        "spec": asdict(spec),
+        "model": asdict(params.model),
+        "pretrain_run_id": pretrain_run_id,
+    })
+
+
+def load_encoder(path: Path, device: torch.device | str = "cpu"):
+    """Rebuild the network saved by :func:`save_encoder` (weights_only load) in eval mode."""
+    from sdclr.config import ModelParams
+
+    state = checkpoint.load(Path(path), map_location="cpu")
+    spec = state["spec"]
+    net = build_model(ModelParams(**state["model"]), spec["in_channels"], spec["mean"], spec["std"])
+    net.load_state_dict(state["net"])
+    return net.to(device).eval(), state

@@ -1,0 +1,50 @@
+"""Stage `pretrain`: train one method on one long-tail split without labels.
+
+Writes models/<method>/split<k>.pt; a resume checkpoint lives in checkpoints/ until
+the run finishes. One MLflow run per (method, split).
+"""
+
+from pathlib import Path
+
+from sdclr.config import as_flat_dict
+from sdclr.data.device_data import channel_stats
+from sdclr.data.longtail import load_split
+from sdclr.io import load_npz
+from sdclr.stage import run_stage
+
+
+def main(params, args):
+    from sdclr import tracking
+    from sdclr.train import ModelSpec, pretrain
+
+    dataset = params.data.dataset
+    train = load_npz(Path(args.raw_root) / dataset / "train.npz")
+    split = load_split(Path(args.splits_root) / dataset, args.split)
+    images = train["images"]
+    mean, std = channel_stats(images)
+    spec = ModelSpec(in_channels=images.shape[-1], mean=mean, std=std)
+    out = Path(args.out_root) / args.method / f"split{args.split}.pt"
+    ckpt = Path(args.checkpoint_root) / args.method / f"split{args.split}.ckpt"
+
+    tags = {"dataset": dataset, "method": args.method, "split": args.split, "stage": "pretrain"}
+    with tracking.Run(f"sdclr-{dataset}", f"pretrain-{args.method}-split{args.split}",
+                      as_flat_dict(params), tags) as run:
+        result = pretrain(params, args.method, args.split, images, split["longtail"], spec, out, ckpt, run=run)
+        run.log_artifact(out, "model")
+        run.set_tags({"resumed_from_epoch": result.resumed_from_epoch})
+    ckpt.unlink(missing_ok=True)  # the final encoder supersedes the resume checkpoint
+    print(f"{args.method} split {args.split}: final loss {result.final_loss:.4f}, "
+          f"{result.images_per_s:.0f} images/s → {out}")
+
+
+def add_arguments(p):
+    p.add_argument("--method", required=True, choices=["simclr", "sdclr", "sbid"])
+    p.add_argument("--split", required=True, type=int)
+    p.add_argument("--raw-root", default="data/raw")
+    p.add_argument("--splits-root", default="data/splits")
+    p.add_argument("--out-root", default="models")
+    p.add_argument("--checkpoint-root", default="checkpoints")
+
+
+if __name__ == "__main__":
+    run_stage(main, __doc__, add_arguments)
