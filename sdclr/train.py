@@ -83,6 +83,7 @@ def pretrain(
     spec: ModelSpec,
     out_path: Path,
     ckpt_path: Path,
+    history_path: Path | None = None,
     run=None,
     log: Callable[[str], None] = print,
     stop_after_epoch: int | None = None,
@@ -120,6 +121,7 @@ def pretrain(
 
     fp = training_fingerprint(params, method_name, split_id, indices)
     start_epoch = 0
+    history: list[dict] = []  # per-epoch metrics, carried through checkpoints so resumed curves are whole
     state = checkpoint.try_resume(ckpt_path, fp, map_location=device, log=log)
     if state is not None:
         method.load_state_dict(state["method"])
@@ -127,12 +129,15 @@ def pretrain(
         gen.set_state(state["generator"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
         start_epoch = int(state["epoch"])
+        history = [dict(zip(state["history_keys"], row)) for row in state["history"].tolist()]
         log(f"resuming {method_name} split {split_id} from epoch {start_epoch} ({ckpt_path})")
 
     def save_checkpoint(epoch_done: int):
         checkpoint.save(ckpt_path, {
             "fingerprint": fp, "epoch": epoch_done, "method": method.state_dict(),
             "optimizer": optimizer.state_dict(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+            "history_keys": list(history[0]) if history else [],
+            "history": torch.tensor([list(h.values()) for h in history], dtype=torch.float64),
         })
 
     from tqdm import tqdm
@@ -178,6 +183,7 @@ def pretrain(
         rate = steps_per_epoch * p.batch_size / seconds
         metrics = {"loss": last_loss, "lr": lr, "temperature": p.temperature, "images_per_s": rate,
                    "epoch_seconds": seconds, **epoch_metrics}
+        history.append({"epoch": epoch + 1, **metrics})
         log(f"{method_name} split {split_id} epoch {epoch + 1}/{p.epochs}: loss {last_loss:.4f}, "
             f"lr {lr:.4f}, {rate:.0f} images/s" + "".join(f", {k} {v:.4f}" for k, v in epoch_metrics.items()))
         if run is not None:
@@ -189,7 +195,18 @@ def pretrain(
 
     save_encoder(out_path, method, method_name, spec, params, fp,
                  pretrain_run_id=getattr(run, "run_id", ""))
+    if history_path is not None:
+        write_history_csv(history_path, history)
     return PretrainResult(p.epochs - start_epoch, start_epoch, last_loss, rate)
+
+
+def write_history_csv(path: Path, history: list[dict]) -> None:
+    """Per-epoch metrics as CSV (a DVC plots file: ``dvc plots show`` draws the loss curve)."""
+    from sdclr.io import write_bytes
+
+    keys = list(history[0]) if history else ["epoch", "loss"]
+    lines = [",".join(keys)] + [",".join(f"{h[k]:.6g}" for k in keys) for h in history]
+    write_bytes(path, ("\n".join(lines) + "\n").encode())
 
 
 def save_encoder(path: Path, method, method_name: str, spec: ModelSpec, params: Params, fp: str,

@@ -25,11 +25,13 @@ def main(params, args):
     spec = ModelSpec(in_channels=images.shape[-1], mean=mean, std=std)
     out = Path(args.out_root) / args.method / f"split{args.split}.pt"
     ckpt = Path(args.checkpoint_root) / args.method / f"split{args.split}.ckpt"
+    history = Path(args.history_root) / args.method / f"split{args.split}.csv"
 
     tags = {"dataset": dataset, "method": args.method, "split": args.split, "stage": "pretrain"}
     with tracking.Run(f"sdclr-{dataset}", f"pretrain-{args.method}-split{args.split}",
                       as_flat_dict(params), tags) as run:
-        result = pretrain(params, args.method, args.split, images, split["longtail"], spec, out, ckpt, run=run)
+        result = pretrain(params, args.method, args.split, images, split["longtail"], spec, out, ckpt,
+                          history_path=history, run=run)
         run.log_artifact(out, "model")
         run.set_tags({"resumed_from_epoch": result.resumed_from_epoch})
     ckpt.unlink(missing_ok=True)  # the final encoder supersedes the resume checkpoint
@@ -44,6 +46,7 @@ def add_arguments(p):
     p.add_argument("--splits-root", default="data/splits")
     p.add_argument("--out-root", default="models")
     p.add_argument("--checkpoint-root", default="checkpoints")
+    p.add_argument("--history-root", default="reports/pretrain")
 
 
 if __name__ == "__main__":

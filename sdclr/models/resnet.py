@@ -70,14 +70,13 @@ class ResNet18(nn.Module):
 
         self.conv1 = conv3x3(in_channels, width)
         self.bn1 = DualBatchNorm(width)
-        blocks = []
+        # layer1..layer4 (torchvision's names, so per-layer logs read familiarly);
+        # ModuleLists rather than nn.Sequential because every block takes the branch.
         in_planes = width
-        for mult, stride in ((1, 1), (2, 2), (4, 2), (8, 2)):
+        for i, (mult, stride) in enumerate(((1, 1), (2, 2), (4, 2), (8, 2)), start=1):
             planes = width * mult
-            blocks += [BasicBlock(in_planes, planes, stride), BasicBlock(planes, planes, 1)]
+            setattr(self, f"layer{i}", nn.ModuleList([BasicBlock(in_planes, planes, stride), BasicBlock(planes, planes, 1)]))
             in_planes = planes
-        # A flat list (not nn.Sequential) because every block needs the branch argument.
-        self.blocks = nn.ModuleList(blocks)
         self.feature_dim = in_planes
         self._init_weights()
 
@@ -93,6 +92,7 @@ class ResNet18(nn.Module):
     def forward(self, x: torch.Tensor, branch: int = DENSE) -> torch.Tensor:
         x = (x - self.mean) / self.std
         x = F.relu(self.bn1(self.conv1(x, branch), branch))
-        for block in self.blocks:
-            x = block(x, branch)
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in layer:
+                x = block(x, branch)
         return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
