@@ -54,8 +54,9 @@ def test_resnet_structure():
     # stem + 8 blocks x 2 convs + 3 shortcuts (stages 2-4 change shape)
     assert len(convs) == 1 + 16 + 3
     assert [c.kernel_size for c in convs].count((1, 1)) == 3
-    assert not any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and not isinstance(p, DualBatchNorm)
-                   for p in net.modules() for m in p.children() if isinstance(p, nn.ModuleList) is False)
+    # every BatchNorm belongs to a DualBatchNorm pair: stem + 16 block BNs + 3 shortcut BNs
+    plain_bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(dual_bns(net)) == 20 and len(plain_bns) == 2 * 20
     assert net.conv1.stride == (1, 1) and net.conv1.kernel_size == (3, 3)
     assert not any(isinstance(m, nn.MaxPool2d) for m in net.modules())
 
