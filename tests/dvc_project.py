@@ -34,14 +34,19 @@ def make_project(dest: Path, params_update: dict | None = None) -> Path:
         shutil.copy2(ROOT / rel, target)
     (dest / ".dvc" / "tmp").mkdir(parents=True, exist_ok=True)
     if params_update:
-        params = yaml.safe_load((dest / "params.yaml").read_text())
-        _deep_update(params, params_update)
-        (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        update_params(dest, params_update)
     env = project_env(dest)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "test project"]):
         subprocess.run(cmd, cwd=dest, check=True, env=env, capture_output=True)
     return dest
+
+
+def update_params(dest: Path, params_update: dict) -> None:
+    """Apply nested overrides to ``dest/params.yaml`` (as a user editing it would)."""
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    _deep_update(params, params_update)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def _deep_update(d: dict, u: dict) -> None:

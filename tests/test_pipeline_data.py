@@ -9,7 +9,7 @@ import pytest
 
 from sdclr.io import load_npz
 from tests.conftest import FASHION_SYSTEM_DIR
-from tests.dvc_project import dvc, make_project
+from tests.dvc_project import dvc, make_project, update_params
 
 pytestmark = pytest.mark.skipif(not FASHION_SYSTEM_DIR.exists(), reason="needs Debian's dataset-fashion-mnist")
 
@@ -40,8 +40,9 @@ def test_data_stages_through_dvc_repro(tmp_path):
 
 
 def test_bad_param_fails_the_stage_with_one_sentence(tmp_path):
-    proj = make_project(tmp_path / "proj", {"subsample": {"imbalance_ratio": 0.5}})
+    proj = make_project(tmp_path / "proj")
     dvc(proj, "repro", "download")
+    update_params(proj, {"subsample": {"imbalance_ratio": 0.5}})
     proc = dvc(proj, "repro", "subsample", check=False)
     assert proc.returncode != 0
     assert "params.yaml: subsample.imbalance_ratio = 0.5 is out of range; accepted: a number >= 1." in proc.stderr + proc.stdout
