@@ -105,7 +105,9 @@ class SubsampleParams:
 
 @dataclass(frozen=True)
 class ModelParams:
-    width: int = _p(positive("a positive integer"), "ResNet-18 base width (64 = paper)")
+    # Widths below 8 give 1x1 convolutions with < 8 channels, whose oneDNN CPU backward
+    # (jit_avx2_1x1 bwd-weights, torch 2.14) intermittently hangs or corrupts memory.
+    width: int = _p(_range(lo=8, what="an integer"), "ResNet-18 base width (64 = paper; >= 8, see the note above)")
     head_depth: int = _p(_range(lo=1, hi=3, what="an integer"), "number of linear layers in the projection head")
     head_hidden: int = _p(positive("a positive integer"), "projection head hidden width")
     proj_dim: int = _p(positive("a positive integer"), "projection head output dimension")

@@ -45,6 +45,21 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
     return 0.5 * peak * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def train_step(step_fn, optimizer, images, indices, augment, generator, channels_last: bool,
+               use_bf16: bool) -> torch.Tensor:
+    """One optimisation step of any method; returns the detached float loss (no host sync).
+
+    Shared by the loop and ``benchmarks/pretrain_throughput.py`` so the benchmark measures
+    exactly what training runs.
+    """
+    with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        loss, _ = step_fn(images, indices, augment, generator, channels_last)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach().float()
+
+
 @dataclass
 class PretrainResult:
     epochs_run: int
@@ -156,12 +171,7 @@ def pretrain(
             lr = lr_at(step, total_steps, warmup_steps, p.lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss, _ = step_fn(data[idx], idx, augment, gen, channels_last)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach().float()
+            loss_sum += train_step(step_fn, optimizer, data[idx], idx, augment, gen, channels_last, use_bf16)
             step += 1
             if (i + 1) % report_every == 0 or i + 1 == steps_per_epoch:
                 running = loss_sum.item() / (i + 1)  # one host sync every ~10% of an epoch

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -73,9 +74,20 @@ def project_env(dest: Path, tracking_uri: str | None = None) -> dict:
 
 
 def dvc(dest: Path, *args: str, env: dict | None = None, check: bool = True, timeout: int = 900):
-    """Run the real DVC CLI in ``dest``; on failure the assertion shows DVC's output."""
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=dest, env=env or project_env(dest),
-                          capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"dvc {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
+    """Run the real DVC CLI in ``dest``; on failure the assertion shows DVC's output.
+
+    DVC runs in its own process group, so a timeout kills the stage processes it started
+    too (a hung stage must not keep burning the CPU after the test has failed).
+    """
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", *args], cwd=dest, env=env or project_env(dest),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        raise AssertionError(f"dvc {' '.join(args)} ran past {timeout} s and was killed:\n{stdout[-4000:]}\n{stderr[-4000:]}")
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    if check and result.returncode != 0:
+        raise AssertionError(f"dvc {' '.join(args)} failed ({result.returncode}):\n{stdout}\n{stderr}")
+    return result

@@ -42,6 +42,7 @@ BAD = [
     ("pretrain.epochs", -3, ["pretrain.epochs", "-3", "> 0"]),
     ("pretrain.epochs", 2.5, ["pretrain.epochs", "2.5", "an integer"]),
     ("pretrain.epochs", True, ["pretrain.epochs", "True", "an integer"]),
+    ("model.width", 4, ["model.width", "4", ">= 8"]),
     ("subsample.splits", [0, 0], ["subsample.splits", "distinct"]),
     ("subsample.few_shot_fraction", 0.0, ["subsample.few_shot_fraction", "(0, 1]"]),
     ("subsample.n_max", 0, ["subsample.n_max", "positive integer or null"]),

@@ -11,7 +11,7 @@ from torch import nn
 
 from sdclr.models import DualBatchNorm, MaskedConv2d, ProjectionHead, ResNet18, SSLNet, build_model
 
-WIDTH = 4
+WIDTH = 8
 
 
 def small_model(in_channels=3, depth=2, seed=0) -> SSLNet:

@@ -15,7 +15,7 @@ from sdclr.pruning import mask_sparsity, masked_convs, update_global_masks
 
 def small_model(seed=0):
     torch.manual_seed(seed)
-    mp = SimpleNamespace(width=4, head_depth=2, head_hidden=16, proj_dim=8)
+    mp = SimpleNamespace(width=8, head_depth=2, head_hidden=16, proj_dim=8)
     return build_model(mp, 3, [0.5] * 3, [0.25] * 3)
 
 

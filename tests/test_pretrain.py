@@ -1,0 +1,137 @@
+"""Pretraining loop: resume after a real kill, NaN guard, schedule, fingerprint mismatch."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from sdclr import checkpoint
+from sdclr.config import parse_params
+from sdclr.data.longtail import make_splits, write_splits
+from sdclr.errors import TrainingError
+from sdclr.io import save_npz
+from sdclr.train import ModelSpec, lr_at, pretrain
+from tests.conftest import balanced_labels
+from tests.dvc_project import make_project, project_env
+
+TINY = {
+    "device": "cpu",
+    "subsample": {"val_per_class": 10, "n_max": 40, "imbalance_ratio": 4, "splits": [0]},
+    "model": {"width": 8, "head_hidden": 16, "proj_dim": 8},
+    "pretrain": {"epochs": 6, "batch_size": 16, "warmup_epochs": 1, "lr": 0.1, "checkpoint_every": 1},
+}
+
+
+def tiny_dataset(root: Path, params) -> None:
+    """A small synthetic 'fashion_mnist' (images with class-dependent blobs) written where the stages look."""
+    rng = np.random.default_rng(0)
+    labels = balanced_labels(10, 60)
+    images = rng.integers(0, 60, size=(len(labels), 28, 28, 1), dtype=np.uint8)
+    for c in range(10):
+        images[labels == c, 2 * c : 2 * c + 8, 4:20] += 150
+    raw = root / "data/raw/fashion_mnist"
+    save_npz(raw / "train.npz", images=images, labels=labels)
+    save_npz(raw / "test.npz", images=images[:100], labels=labels[:100])
+    (raw / "meta.json").write_text('{"class_names": ' + str([f"c{i}" for i in range(10)]).replace("'", '"') + "}")
+    pool, val, splits = make_splits(labels, params.subsample, params.seed)
+    write_splits(root / "data/splits/fashion_mnist", labels, pool, val, splits, params.subsample, params.seed,
+                 [f"c{i}" for i in range(10)])
+
+
+@pytest.fixture
+def tiny_project(tmp_path):
+    proj = make_project(tmp_path / "proj", TINY)
+    params = parse_params(yaml.safe_load((proj / "params.yaml").read_text()))
+    tiny_dataset(proj, params)
+    return proj
+
+
+def _pretrain_cmd(method: str) -> list[str]:
+    return [sys.executable, "stages/pretrain.py", "--method", method, "--split", "0"]
+
+
+def test_kill_then_rerun_resumes_and_matches_an_uninterrupted_run(tiny_project, tmp_path):
+    env = project_env(tiny_project, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    ckpt = tiny_project / "checkpoints/sdclr/split0.ckpt"
+
+    proc = subprocess.Popen(_pretrain_cmd("sdclr"), cwd=tiny_project, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), "no checkpoint was written before the kill"
+    killed_at = int(checkpoint.load(ckpt, "cpu")["epoch"])
+    assert 1 <= killed_at < 6, f"the process was not killed partway (checkpoint at epoch {killed_at})"
+    assert not (tiny_project / "models/sdclr/split0.pt").exists()
+
+    rerun = subprocess.run(_pretrain_cmd("sdclr"), cwd=tiny_project, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"resuming sdclr split 0 from epoch {killed_at}" in rerun.stdout
+    assert not ckpt.exists()  # superseded by the final encoder
+    resumed = checkpoint.load(tiny_project / "models/sdclr/split0.pt", "cpu")["net"]
+    history = (tiny_project / "reports/pretrain/sdclr/split0.csv").read_text().splitlines()
+    assert len(history) == 1 + 6  # header + every epoch, the ones before the kill included
+
+    (tiny_project / "models/sdclr/split0.pt").unlink()
+    fresh = subprocess.run(_pretrain_cmd("sdclr"), cwd=tiny_project, env=env, capture_output=True, text=True)
+    assert fresh.returncode == 0, fresh.stderr
+    assert "resuming" not in fresh.stdout
+    uninterrupted = checkpoint.load(tiny_project / "models/sdclr/split0.pt", "cpu")["net"]
+    assert resumed.keys() == uninterrupted.keys()
+    for k in resumed:
+        assert torch.equal(resumed[k], uninterrupted[k]), f"{k} differs after resume"
+
+
+def test_checkpoint_of_other_params_is_not_resumed(tiny_project, tmp_path):
+    params = parse_params(yaml.safe_load((tiny_project / "params.yaml").read_text()))
+    from sdclr.io import load_npz
+
+    train = load_npz(tiny_project / "data/raw/fashion_mnist/train.npz")
+    lt = load_npz(tiny_project / "data/splits/fashion_mnist/split0.npz")["longtail"]
+    spec = ModelSpec(1, [0.3], [0.3])
+    ckpt = tmp_path / "c.ckpt"
+    pretrain(params, "simclr", 0, train["images"], lt, spec, tmp_path / "a.pt", ckpt, stop_after_epoch=2)
+    assert checkpoint.load(ckpt, "cpu")["epoch"] == 2
+    notes = []
+    raw = yaml.safe_load((tiny_project / "params.yaml").read_text())
+    raw["pretrain"]["lr"] = 0.05
+    res = pretrain(parse_params(raw), "simclr", 0, train["images"], lt, spec, tmp_path / "b.pt", ckpt,
+                   log=notes.append, stop_after_epoch=1)
+    assert res.resumed_from_epoch == 0
+    assert any("different parameters" in n and "starting from epoch 0" in n for n in notes)
+
+
+def test_nan_loss_stops_with_one_sentence_and_keeps_the_checkpoint(tiny_project, tmp_path):
+    raw = yaml.safe_load((tiny_project / "params.yaml").read_text())
+    raw["pretrain"].update(epochs=3, lr=1e30)  # diverges
+    params = parse_params(raw)
+    from sdclr.io import load_npz
+
+    train = load_npz(tiny_project / "data/raw/fashion_mnist/train.npz")
+    lt = load_npz(tiny_project / "data/splits/fashion_mnist/split0.npz")["longtail"]
+    ckpt = tmp_path / "c.ckpt"
+    ckpt.write_bytes(b"previous good checkpoint")
+    with pytest.raises(TrainingError) as info:
+        pretrain(params, "simclr", 0, train["images"], lt, ModelSpec(1, [0.3], [0.3]), tmp_path / "a.pt", ckpt)
+    msg = str(info.value)
+    assert "the loss became" in msg and "pretrain.lr" in msg and "is kept" in msg
+    assert ckpt.read_bytes() == b"previous good checkpoint"
+    assert not (tmp_path / "a.pt").exists()
+
+
+def test_lr_schedule_warmup_then_cosine_to_zero():
+    lrs = [lr_at(s, 100, 10, 1.0) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert lrs[-1] < 0.001 and lr_at(55, 100, 10, 1.0) == pytest.approx(0.5)
