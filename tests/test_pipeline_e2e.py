@@ -8,6 +8,8 @@ Checks every stage's outputs, the report's tables and figures, and the MLflow ru
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 
 import pytest
 
@@ -68,12 +70,23 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     assert "mask_sparsity" in by_name["pretrain-sdclr-split0"].data.metrics
     assert "report" in by_name
 
-    # A changed prune_ratio touches SDCLR's stages and the report only.
-    params = (proj / "params.yaml").read_text().replace("prune_ratio: 0.9", "prune_ratio: 0.5")
-    (proj / "params.yaml").write_text(params)
-    out = dvc(proj, "status", env=env).stdout
-    assert "pretrain-sdclr@0" in out and "report" in out
-    assert "pretrain-simclr@0" not in out and "evaluate-random@0" not in out
-    dry = dvc(proj, "repro", "--dry", env=env).stdout
-    assert "Running stage 'pretrain-sdclr@0'" in dry and "Running stage 'evaluate-sdclr@0'" in dry
-    assert "Running stage 'pretrain-simclr@0'" not in dry and "Running stage 'evaluate-simclr@0'" not in dry
+    # `dvc exp run -S prune_ratio=...` re-runs SDCLR's stages and the report only, and
+    # `dvc exp show` sees the changed metrics.
+    subprocess.run(["git", "add", "-A"], cwd=proj, check=True, env=env)
+    subprocess.run(["git", "commit", "-qm", "baseline results"], cwd=proj, check=True, env=env)
+    out = dvc(proj, "exp", "run", "-S", "prune_ratio=0.5", "-n", "prune05", env=env).stdout
+    ran = set(re.findall(r"Running stage '([^']+)'", out))
+    assert ran == {"pretrain-sdclr@0", "evaluate-sdclr@0", "report"}, out
+    rows = json.loads(dvc(proj, "exp", "show", "--json", env=env).stdout)
+    metrics = {}
+    for row in rows:  # the workspace, the baseline commit, and under it its experiments
+        for rev in [row, *(r for exp in row.get("experiments") or [] for r in exp["revs"])]:
+            acc = rev["data"]["metrics"].get("reports/metrics.json", {}).get("data", {})
+            if acc:
+                metrics[rev["name"] or rev["rev"]] = (rev["data"]["params"]["params.yaml"]["data"]["prune_ratio"],
+                                                      acc["sdclr"]["knn"]["accuracy_mean"],
+                                                      acc["simclr"]["knn"]["accuracy_mean"])
+    by_ratio = {v[0]: v for v in metrics.values()}
+    assert {0.9, 0.5} <= set(by_ratio), metrics
+    assert by_ratio[0.9][2] == by_ratio[0.5][2]  # SimCLR untouched
+    assert by_ratio[0.9][1] != by_ratio[0.5][1]  # SDCLR re-trained
