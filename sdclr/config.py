@@ -74,6 +74,12 @@ def _distinct_ids(v):
     return None
 
 
+def _milestones(v):
+    if any(m < 1 for m in v) or list(v) != sorted(set(v)):
+        return "an increasing list of positive epoch numbers, e.g. [10, 20] (or [] for a constant lr)"
+    return None
+
+
 def _device(v):
     if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
         return None
@@ -149,11 +155,17 @@ class PretrainParams:
 
 @dataclass(frozen=True)
 class ProbeParams:
-    lr: float = _p(positive(), "linear probe peak learning rate (SGD, momentum 0.9, cosine)")
+    # features: softmax regression on standardised features extracted once (fast; CPU default).
+    # authors:  the SDCLR authors' probe: a linear layer on the frozen backbone, images
+    #           re-augmented every epoch (random crop pad 4 + flip), step decay x0.1 at the milestones.
+    protocol: Literal["features", "authors"] = _p(doc="linear probe protocol: features | authors")
+    lr: float = _p(positive(), "linear probe peak learning rate (SGD, momentum 0.9)")
     weight_decay: float = _p(non_negative(), "linear probe weight decay")
     batch_size: int = _p(positive("a positive integer"), "linear probe batch size")
     full_shot_epochs: int = _p(positive("a positive integer"), "epochs on the whole balanced pool")
     few_shot_epochs: int = _p(positive("a positive integer"), "epochs on the few-shot subset S_b")
+    full_shot_milestones: list[int] = _p(_milestones, "authors protocol: epochs where the lr drops x0.1 (full-shot)")
+    few_shot_milestones: list[int] = _p(_milestones, "authors protocol: epochs where the lr drops x0.1 (few-shot)")
 
 
 @dataclass(frozen=True)

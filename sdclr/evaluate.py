@@ -3,8 +3,10 @@
 Protocol (PAPERS.md): dense branch, dense BN, eval mode. Probes are trained on the
 balanced train pool (full-shot) and on the 1 %-per-class subset S_b (few-shot); the
 epoch is chosen on the validation hold-out and the test set of the official split is
-reported. Deviation from the authors (documented in the report): features are extracted
-once without augmentation and standardised, so the probe is a fast convex problem.
+reported. Two probe protocols (``evaluate.probe.protocol``): ``features`` (the CPU
+default, a documented deviation) extracts features once without augmentation and
+standardises them, so the probe is a fast convex problem; ``authors`` is the SDCLR
+authors' probe (:func:`authors_probe`), for the paper presets.
 """
 
 from __future__ import annotations
@@ -90,6 +92,66 @@ def linear_probe(
     return ProbeResult(best_epoch=best[1], val_accuracy=best[0], test_pred=best[2], val_curve=curve)
 
 
+def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Per-sample RandomCrop(size, padding=pad, zero fill) + horizontal flip of a float NCHW batch.
+
+    One gather for the whole batch (no per-image Python): the authors' probe augmentation.
+    """
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    top = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=x.device)
+    left = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=x.device)
+    flip = torch.rand(n, generator=generator, device=x.device) < 0.5
+    rows = top[:, None] + torch.arange(h, device=x.device)
+    cols = left[:, None] + torch.arange(w, device=x.device)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    out = padded[torch.arange(n, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2)  # advanced indexing put the channel dim last
+
+
+def authors_probe(
+    net, images_nhwc: np.ndarray, labels: np.ndarray, val_x: torch.Tensor, val_y: torch.Tensor,
+    test_x: torch.Tensor, num_classes: int, epochs: int, milestones: list[int], lr: float,
+    weight_decay: float, batch_size: int, seed: int, device: torch.device, pad: int = 4,
+) -> ProbeResult:
+    """The SDCLR authors' linear evaluation: a linear layer on the frozen backbone.
+
+    Training images are re-augmented every epoch (random crop with 4-pixel zero padding,
+    flip) and passed through the frozen backbone in eval mode; SGD (momentum 0.9) with
+    the lr multiplied by 0.1 at each milestone epoch. Validation and test images are not
+    augmented, so their (deterministic) features are computed once by the caller.
+    """
+    net.eval().to(memory_format=torch.channels_last)
+    g = torch.Generator(device=device).manual_seed(seed)
+    head = torch.nn.Linear(val_x.shape[1], num_classes).to(device)
+    with torch.no_grad():
+        head.weight.normal_(0, 0.01, generator=g)
+        head.bias.zero_()
+    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=0.1)
+    data = to_device_uint8(images_nhwc, device)
+    y = torch.from_numpy(labels).to(device)
+    vx, sx = val_x.to(device), test_x.to(device)
+    n, bs = len(data), min(batch_size, len(data))
+    best, curve = (-1.0, 0, None), []
+    for epoch in range(epochs):
+        for idx in torch.randperm(n, generator=g, device=device).split(bs):
+            with torch.no_grad():
+                x = random_crop_flip(data[idx].float().div_(255), pad, g)
+                feats = net.features(x.contiguous(memory_format=torch.channels_last)).float()
+            loss = F.cross_entropy(head(feats), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sched.step()
+        with torch.no_grad():
+            acc = _balanced_accuracy(head(vx).cpu(), val_y, num_classes)
+            curve.append(acc)
+            if acc > best[0]:
+                best = (acc, epoch + 1, head(sx).argmax(1).cpu().numpy())
+    return ProbeResult(best_epoch=best[1], val_accuracy=best[0], test_pred=best[2], val_curve=curve)
+
+
 @torch.no_grad()
 def knn_predict(memory_x: torch.Tensor, memory_y: torch.Tensor, query_x: torch.Tensor, num_classes: int,
                 k: int, temperature: float, chunk: int = 1024) -> np.ndarray:
@@ -122,16 +184,22 @@ def evaluate_encoder(net, images_train, labels_train, images_test, labels_test, 
     out = {"num_classes": num_classes, "groups": groups, "feature_dim": int(feats_pool.shape[1])}
     p = eval_params.probe
     settings = {
-        "full_shot": (feats_pool, y_pool, p.full_shot_epochs),
-        "few_shot": (feats_pool[few_pos], y_pool[few_pos], p.few_shot_epochs),
+        "full_shot": (pool, p.full_shot_epochs, p.full_shot_milestones),
+        "few_shot": (np.asarray(fewshot), p.few_shot_epochs, p.few_shot_milestones),
     }
-    for name, (x, y, epochs) in settings.items():
-        log(f"linear probe {name}: {len(x)} training images, {epochs} epochs")
-        res = linear_probe(x, y, feats_val, y_val, feats_test, num_classes, epochs, p.lr, p.weight_decay,
-                           p.batch_size, seed)
+    pos_in_pool = {"full_shot": slice(None), "few_shot": few_pos}
+    for name, (rows, epochs, milestones) in settings.items():
+        log(f"linear probe {name} ({p.protocol}): {len(rows)} training images, {epochs} epochs")
+        if p.protocol == "authors":
+            res = authors_probe(net, images_train[rows], labels_train[rows], feats_val, y_val, feats_test,
+                                num_classes, epochs, milestones, p.lr, p.weight_decay, p.batch_size, seed, device)
+        else:
+            x, y = feats_pool[pos_in_pool[name]], y_pool[pos_in_pool[name]]
+            res = linear_probe(x, y, feats_val, y_val, feats_test, num_classes, epochs, p.lr, p.weight_decay,
+                               p.batch_size, seed)
         pc = per_class_accuracy(res.test_pred, labels_test, num_classes)
         out[name] = {**group_report(pc, groups), "best_epoch": res.best_epoch,
-                     "val_accuracy": res.val_accuracy, "train_size": len(x), "val_curve": res.val_curve}
+                     "val_accuracy": res.val_accuracy, "train_size": len(rows), "val_curve": res.val_curve}
     pred = knn_predict(feats_pool, y_pool, feats_test, num_classes, eval_params.knn_k, eval_params.knn_temperature)
     out["knn"] = {**group_report(per_class_accuracy(pred, labels_test, num_classes), groups),
                   "k": eval_params.knn_k}

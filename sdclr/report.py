@@ -208,7 +208,17 @@ def deviations(params) -> list[str]:
         out.append(f"Batch size {p.batch_size} instead of 512.")
     if len(params.subsample.splits) != 5:
         out.append(f"{len(params.subsample.splits)} split(s) instead of 5.")
-    out.append("Linear probe on standardised features extracted once without augmentation (SGD, cosine, "
-               f"lr {params.evaluate.probe.lr}), instead of the authors' probe (SGD lr 30 with random crop + flip "
-               "through the frozen backbone).")
+    probe = params.evaluate.probe
+    if probe.protocol == "features":
+        out.append("Linear probe on standardised features extracted once without augmentation (SGD, cosine, "
+                   f"lr {probe.lr}), instead of the authors' probe (SGD lr 30 with random crop + flip "
+                   "through the frozen backbone).")
+    elif (probe.lr, probe.batch_size, probe.weight_decay) != (30.0, 128, 0.0) or (
+            probe.full_shot_milestones, probe.few_shot_milestones) != ([10, 20], [40, 60]):
+        out.append(f"The authors' probe with lr {probe.lr}, batch {probe.batch_size}, weight decay "
+                   f"{probe.weight_decay}, milestones {probe.full_shot_milestones} / {probe.few_shot_milestones} "
+                   "instead of lr 30, batch 128, no weight decay, milestones [10, 20] / [40, 60].")
+    if (probe.full_shot_epochs, probe.few_shot_epochs) != (30, 100):
+        out.append(f"Probe epochs {probe.full_shot_epochs} (full-shot) / {probe.few_shot_epochs} (few-shot) "
+                   "instead of 30 / 100.")
     return out

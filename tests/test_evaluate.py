@@ -1,0 +1,131 @@
+"""Evaluation: long-tail metrics on hand-made answers, probes that can fail, kNN, probe augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sdclr.data.longtail import class_groups, groups_of
+from sdclr.evaluate import authors_probe, knn_predict, linear_probe, random_crop_flip
+from sdclr.metrics import group_report, per_class_accuracy
+
+
+def test_groups_follow_the_papers_split():
+    assert class_groups(10) == {"major": [0, 1, 2, 3], "moderate": [4, 5, 6], "minor": [7, 8, 9]}
+    sizes = {g: len(v) for g, v in class_groups(100).items()}
+    assert sizes == {"major": 34, "moderate": 33, "minor": 33}
+    # class ids follow the split's long-tail rank order
+    assert groups_of([3, 1, 2, 0, 4, 5, 6, 7, 8, 9])["major"] == [3, 1, 2, 0]
+
+
+def test_group_metrics_on_a_hand_made_confusion():
+    # 10 classes, 10 test images each; class c gets c correct answers (accuracy c/10).
+    target = np.repeat(np.arange(10), 10)
+    pred = target.copy()
+    for c in range(10):
+        wrong = np.arange(c * 10 + c, c * 10 + 10)
+        pred[wrong] = (c + 1) % 10
+    pc = per_class_accuracy(pred, target, 10)
+    np.testing.assert_allclose(pc, np.arange(10) / 10)
+    # rank order: class 9 is the largest → Major {9,8,7,6}, Moderate {5,4,3}, Minor {2,1,0}
+    rep = group_report(pc, groups_of(list(range(9, -1, -1))))
+    assert rep["groups"]["major"] == pytest.approx(0.75)
+    assert rep["groups"]["moderate"] == pytest.approx(0.4)
+    assert rep["groups"]["minor"] == pytest.approx(0.1)
+    assert rep["balancedness"] == pytest.approx(np.std([0.75, 0.4, 0.1]))
+    assert rep["balancedness"] == pytest.approx(0.26562295750848)  # population std, by hand
+
+
+def test_accuracy_is_the_mean_of_per_class_accuracies_not_of_images():
+    # Class 0: 90 images all right; class 1: 10 images all wrong. Image accuracy 0.9, ours 0.5.
+    target = np.array([0] * 90 + [1] * 10)
+    pred = np.zeros(100, dtype=int)
+    rep = group_report(per_class_accuracy(pred, target, 2), {"major": [0], "minor": [1]})
+    assert rep["accuracy"] == pytest.approx(0.5)
+
+
+def _separable(n_per_class=60, classes=5, dim=16, seed=0):
+    centres = torch.randn(classes, dim, generator=torch.Generator().manual_seed(100)) * 4  # shared by all draws
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(classes).repeat_interleave(n_per_class)
+    x = centres[y] + 0.5 * torch.randn(len(y), dim, generator=g)
+    return x, y
+
+
+def test_linear_probe_separates_separable_features():
+    x, y = _separable()
+    vx, vy = _separable(seed=1)
+    tx, ty = _separable(seed=2)
+    res = linear_probe(x, y, vx, vy, tx, 5, epochs=20, lr=0.1, weight_decay=0.0, batch_size=64, seed=0)
+    assert (res.test_pred == ty.numpy()).mean() > 0.98
+    assert 1 <= res.best_epoch <= 20 and len(res.val_curve) == 20
+
+
+def test_linear_probe_is_at_chance_on_shuffled_labels():
+    x, y = _separable()
+    vx, vy = _separable(seed=1)
+    tx, ty = _separable(seed=2)
+    g = torch.Generator().manual_seed(3)
+    shuffled = y[torch.randperm(len(y), generator=g)]
+    res = linear_probe(x, shuffled, vx, vy[torch.randperm(len(vy), generator=g)], tx, 5, epochs=20, lr=0.1,
+                       weight_decay=0.0, batch_size=64, seed=0)
+    assert abs((res.test_pred == ty.numpy()).mean() - 0.2) < 0.12  # 5 classes: chance is 0.2
+
+
+def test_knn_finds_the_right_cluster_and_respects_k():
+    x, y = _separable(classes=4)
+    tx, ty = _separable(classes=4, seed=5)
+    pred = knn_predict(x, y, tx, 4, k=10, temperature=0.1, chunk=37)
+    assert (pred == ty.numpy()).mean() > 0.98
+    # k=1 with the memory as queries: every point is its own nearest neighbour
+    assert (knn_predict(x, y, x, 4, k=1, temperature=0.1) == y.numpy()).all()
+
+
+def test_random_crop_flip_is_per_sample_and_a_true_crop():
+    g = torch.Generator().manual_seed(0)
+    x = torch.arange(64 * 3 * 8 * 8, dtype=torch.float32).reshape(64, 3, 8, 8)
+    out = random_crop_flip(x, 4, g)
+    assert out.shape == x.shape
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    offsets = set()
+    for i in range(64):  # each output is some window of the padded image, maybe flipped
+        found = [(t, l, f) for t in range(9) for l in range(9) for f in (False, True)
+                 if torch.equal(out[i], (lambda w: w.flip(-1) if f else w)(padded[i, :, t:t + 8, l:l + 8]))]
+        assert found, f"sample {i} is not a crop of its padded image"
+        offsets.add(found[0])
+    assert len(offsets) > 10  # parameters differ across the batch
+
+
+def test_authors_probe_learns_through_a_frozen_backbone():
+    # Images whose class is their brightness: a frozen random backbone + linear layer separates them.
+    from sdclr.models.resnet import ResNet18
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = ResNet18(1, 8, [0.5], [0.25])
+
+        def features(self, x):
+            return self.backbone(x)
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    rng = np.random.default_rng(0)
+
+    def make(n):
+        y = rng.integers(0, 3, n)
+        imgs = (40 + 80 * y[:, None, None, None] + rng.integers(0, 20, (n, 12, 12, 1))).astype(np.uint8)
+        return imgs, y
+
+    xtr, ytr = make(96)
+    xv, yv = make(60)
+    xt, yt = make(60)
+    with torch.no_grad():
+        fv = net.features(torch.from_numpy(xv).permute(0, 3, 1, 2).float() / 255)
+        ft = net.features(torch.from_numpy(xt).permute(0, 3, 1, 2).float() / 255)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    res = authors_probe(net, xtr, ytr, fv, torch.from_numpy(yv), ft, 3, epochs=8, milestones=[6], lr=1.0,
+                        weight_decay=0.0, batch_size=32, seed=0, device=torch.device("cpu"))
+    assert (res.test_pred == yt).mean() > 0.9
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # the backbone stays frozen
