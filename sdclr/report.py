@@ -206,6 +206,13 @@ def deviations(params) -> list[str]:
         out.append(f"{p.epochs} pretraining epochs instead of 2000.")
     if p.batch_size != 512:
         out.append(f"Batch size {p.batch_size} instead of 512.")
+    if p.temperature != 0.2:
+        out.append(f"NT-Xent temperature {p.temperature} instead of 0.2.")
+    if p.lr != 0.5 or p.warmup_epochs != 10:
+        out.append(f"Peak lr {p.lr} with {p.warmup_epochs} warm-up epoch(s) instead of lr 0.5 with 10.")
+    a = params.augment
+    if list(a.crop_scale) != [0.1, 1.0] or a.interpolation != "bicubic":
+        out.append(f"Random resized crop scale {list(a.crop_scale)} ({a.interpolation}) instead of [0.1, 1] (bicubic).")
     if len(params.subsample.splits) != 5:
         out.append(f"{len(params.subsample.splits)} split(s) instead of 5.")
     probe = params.evaluate.probe
