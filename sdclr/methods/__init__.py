@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sdclr.config import Params
+from sdclr.errors import ConfigError
 from sdclr.methods.base import Method
 
 
@@ -16,7 +17,7 @@ def build_method(name: str, params: Params, net, num_samples: int) -> Method:
         from sdclr.methods.sdclr import SDCLR
 
         return SDCLR(net, params.pretrain.temperature, params.prune_ratio)
-    raise ValueError(f"unknown method {name!r}")  # config validation makes this unreachable from params.yaml
+    raise ConfigError(f"method {name!r} is not implemented; accepted: simclr, sdclr.")
 
 
 def method_params(name: str, params: Params) -> dict:
