@@ -40,11 +40,11 @@ class MemoryBank(nn.Module):
         ``k = None`` means every entry (the full softmax); ``k = 0`` the batch only.
         Own entries come first, so the target of row i is column i.
         """
+        if k == 0:
+            return indices
         n = self.num_entries
         in_batch = torch.zeros(n, dtype=torch.bool, device=indices.device)
         in_batch[indices] = True
-        if k == 0:
-            return indices
         others = torch.randperm(n, generator=generator, device=indices.device)
         others = others[~in_batch[others]]
         if k is not None:

@@ -99,18 +99,12 @@ def test_random_crop_flip_is_per_sample_and_a_true_crop():
 
 def test_authors_probe_learns_through_a_frozen_backbone():
     # Images whose class is their brightness: a frozen random backbone + linear layer separates them.
-    from sdclr.models.resnet import ResNet18
+    from types import SimpleNamespace
 
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.backbone = ResNet18(1, 8, [0.5], [0.25])
-
-        def features(self, x):
-            return self.backbone(x)
+    from sdclr.models import build_model
 
     torch.manual_seed(0)
-    net = Net().eval()
+    net = build_model(SimpleNamespace(width=8, head_depth=2, head_hidden=16, proj_dim=8), 1, [0.5], [0.25]).eval()
     rng = np.random.default_rng(0)
 
     def make(n):
