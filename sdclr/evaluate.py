@@ -50,6 +50,37 @@ def _balanced_accuracy(logits: torch.Tensor, y: torch.Tensor, num_classes: int) 
     return float(np.nanmean(pc))
 
 
+def _linear_head(dim: int, num_classes: int, generator: torch.Generator, device=None) -> torch.nn.Linear:
+    """The probe's linear layer: N(0, 0.01) weights, zero bias, drawn from ``generator``."""
+    head = torch.nn.Linear(dim, num_classes).to(device)
+    with torch.no_grad():
+        head.weight.normal_(0, 0.01, generator=generator)
+        head.bias.zero_()
+    return head
+
+
+class _BestOnValidation:
+    """Model selection shared by both probes: after each epoch, score the head on validation
+    (mean per-class accuracy) and keep the test predictions of the best epoch so far; test
+    labels are never looked at here."""
+
+    def __init__(self, val_x: torch.Tensor, val_y: torch.Tensor, test_x: torch.Tensor, num_classes: int):
+        self.val_x, self.val_y, self.test_x, self.num_classes = val_x, val_y, test_x, num_classes
+        self.best = (-1.0, 0, None)
+        self.curve: list[float] = []
+
+    @torch.no_grad()
+    def after_epoch(self, head: torch.nn.Module, epoch: int) -> None:
+        acc = _balanced_accuracy(head(self.val_x).cpu(), self.val_y, self.num_classes)
+        self.curve.append(acc)
+        if acc > self.best[0]:
+            self.best = (acc, epoch, head(self.test_x).argmax(1).cpu().numpy())
+
+    def result(self) -> ProbeResult:
+        acc, epoch, pred = self.best
+        return ProbeResult(best_epoch=epoch, val_accuracy=acc, test_pred=pred, val_curve=self.curve)
+
+
 def linear_probe(
     train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
     test_x: torch.Tensor, num_classes: int, epochs: int, lr: float, weight_decay: float,
@@ -64,17 +95,13 @@ def linear_probe(
     norm = lambda x: (x - mu) / sigma  # noqa: E731
     tx, vx, sx = norm(train_x), norm(val_x), norm(test_x)
     g = torch.Generator().manual_seed(seed)
-    head = torch.nn.Linear(tx.shape[1], num_classes)
-    with torch.no_grad():
-        head.weight.normal_(0, 0.01, generator=g)
-        head.bias.zero_()
+    head = _linear_head(tx.shape[1], num_classes, g)
     opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     n = len(tx)
     bs = min(batch_size, n)
     steps = math.ceil(n / bs) * epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-    best = (-1.0, 0, None)
-    curve = []
+    selection = _BestOnValidation(vx, val_y, sx, num_classes)
     for epoch in range(epochs):
         perm = torch.randperm(n, generator=g)
         for start in range(0, n, bs):
@@ -84,12 +111,8 @@ def linear_probe(
             loss.backward()
             opt.step()
             sched.step()
-        with torch.no_grad():
-            acc = _balanced_accuracy(head(vx), val_y, num_classes)
-            curve.append(acc)
-            if acc > best[0]:
-                best = (acc, epoch + 1, head(sx).argmax(1).numpy())
-    return ProbeResult(best_epoch=best[1], val_accuracy=best[0], test_pred=best[2], val_curve=curve)
+        selection.after_epoch(head, epoch + 1)
+    return selection.result()
 
 
 def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
@@ -123,17 +146,13 @@ def authors_probe(
     """
     net.eval().to(memory_format=torch.channels_last)
     g = torch.Generator(device=device).manual_seed(seed)
-    head = torch.nn.Linear(val_x.shape[1], num_classes).to(device)
-    with torch.no_grad():
-        head.weight.normal_(0, 0.01, generator=g)
-        head.bias.zero_()
+    head = _linear_head(val_x.shape[1], num_classes, g, device)
     opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=0.1)
     data = to_device_uint8(images_nhwc, device)
     y = torch.from_numpy(labels).to(device)
-    vx, sx = val_x.to(device), test_x.to(device)
+    selection = _BestOnValidation(val_x.to(device), val_y, test_x.to(device), num_classes)
     n, bs = len(data), min(batch_size, len(data))
-    best, curve = (-1.0, 0, None), []
     for epoch in range(epochs):
         for idx in torch.randperm(n, generator=g, device=device).split(bs):
             with torch.no_grad():
@@ -144,12 +163,8 @@ def authors_probe(
             loss.backward()
             opt.step()
         sched.step()
-        with torch.no_grad():
-            acc = _balanced_accuracy(head(vx).cpu(), val_y, num_classes)
-            curve.append(acc)
-            if acc > best[0]:
-                best = (acc, epoch + 1, head(sx).argmax(1).cpu().numpy())
-    return ProbeResult(best_epoch=best[1], val_accuracy=best[0], test_pred=best[2], val_curve=curve)
+        selection.after_epoch(head, epoch + 1)
+    return selection.result()
 
 
 @torch.no_grad()
@@ -183,20 +198,18 @@ def evaluate_encoder(net, images_train, labels_train, images_test, labels_test, 
 
     out = {"num_classes": num_classes, "groups": groups, "feature_dim": int(feats_pool.shape[1])}
     p = eval_params.probe
-    settings = {
-        "full_shot": (pool, p.full_shot_epochs, p.full_shot_milestones),
-        "few_shot": (np.asarray(fewshot), p.few_shot_epochs, p.few_shot_milestones),
+    settings = {  # name: (train-set indices into the train images, their positions in the pool, epochs, milestones)
+        "full_shot": (pool, slice(None), p.full_shot_epochs, p.full_shot_milestones),
+        "few_shot": (np.asarray(fewshot), few_pos, p.few_shot_epochs, p.few_shot_milestones),
     }
-    pos_in_pool = {"full_shot": slice(None), "few_shot": few_pos}
-    for name, (rows, epochs, milestones) in settings.items():
+    for name, (rows, in_pool, epochs, milestones) in settings.items():
         log(f"linear probe {name} ({p.protocol}): {len(rows)} training images, {epochs} epochs")
         if p.protocol == "authors":
             res = authors_probe(net, images_train[rows], labels_train[rows], feats_val, y_val, feats_test,
                                 num_classes, epochs, milestones, p.lr, p.weight_decay, p.batch_size, seed, device)
         else:
-            x, y = feats_pool[pos_in_pool[name]], y_pool[pos_in_pool[name]]
-            res = linear_probe(x, y, feats_val, y_val, feats_test, num_classes, epochs, p.lr, p.weight_decay,
-                               p.batch_size, seed)
+            res = linear_probe(feats_pool[in_pool], y_pool[in_pool], feats_val, y_val, feats_test, num_classes,
+                               epochs, p.lr, p.weight_decay, p.batch_size, seed)
         pc = per_class_accuracy(res.test_pred, labels_test, num_classes)
         out[name] = {**group_report(pc, groups), "best_epoch": res.best_epoch,
                      "val_accuracy": res.val_accuracy, "train_size": len(rows), "val_curve": res.val_curve}

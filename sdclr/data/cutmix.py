@@ -30,7 +30,7 @@ def cutmix(images: torch.Tensor, alpha: float, generator: torch.Generator):
     left, right = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
     perm = torch.randperm(n, generator=generator, device=dev)
     mixed = images.clone()
-    mixed[:, :, top:bottom, left:right] = images[perm][:, :, top:bottom, left:right]
+    mixed[:, :, top:bottom, left:right] = images[perm, :, top:bottom, left:right]  # gather only the box
     lam = 1.0 - (bottom - top) * (right - left) / (h * w)
     return mixed, perm, lam
 
