@@ -14,7 +14,8 @@ Examples::
     python benchmarks/pretrain_throughput.py --device cuda --width 64 --batch 512 --size 32 \
         --channels 3 --amp bf16 --compile both
 
-"images_per_s" counts source images (each gives two augmented views for simclr/sdclr).
+"images_per_s" counts source images (each gives two augmented views for simclr/sdclr, one for
+sbid); "epoch_s" is the time of one epoch over ``--train-images`` images at that rate.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import resource
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,13 +39,20 @@ def measure(args) -> dict:
 
     from sdclr.config import parse_params
     from sdclr.data.augment import BatchAugment
-    from sdclr.methods import build_method
+    from sdclr.methods import build_method, head_spec
     from sdclr.models import build_model
     from sdclr.train import resolve_device, train_step
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["model"]["width"] = args.width
     raw["pretrain"]["batch_size"] = args.batch
+    for item in args.set or []:  # e.g. sbid.negatives=4096
+        key, _, value = item.partition("=")
+        *parents, leaf = key.split(".")
+        node = raw
+        for k in parents:
+            node = node[k]
+        node[leaf] = yaml.safe_load(value)
     params = parse_params(raw)
     device = resolve_device(args.device)
     on_cuda = device.type == "cuda"
@@ -53,8 +62,10 @@ def measure(args) -> dict:
     torch.manual_seed(0)
     n = args.batch * 4
     data = torch.randint(0, 256, (n, args.channels, args.size, args.size), dtype=torch.uint8, device=device)
-    net = build_model(params.model, args.channels, [0.5] * args.channels, [0.25] * args.channels)
-    method = build_method(args.method, params, net, num_samples=n).to(device)
+    net = build_model(params.model, args.channels, [0.5] * args.channels, [0.25] * args.channels,
+                      head_spec(args.method, params))
+    # sbid's memory bank has one entry per training image: size it like the real run.
+    method = build_method(args.method, params, net, num_samples=max(n, args.train_images)).to(device)
     if channels_last:
         method = method.to(memory_format=torch.channels_last)
     method.train()
@@ -69,7 +80,7 @@ def measure(args) -> dict:
         loss = torch.zeros((), device=device)
         for s in range(steps):
             idx = torch.randperm(n, device=device, generator=gen)[: args.batch]
-            loss += train_step(step_fn, optimizer, data[idx], idx, augment, gen, channels_last, use_bf16)
+            loss += train_step(step_fn, optimizer, data[idx], idx, augment, gen, channels_last, use_bf16)[0]
         return float(loss)  # one sync at the end
 
     if on_cuda:
@@ -92,10 +103,11 @@ def measure(args) -> dict:
         "method": args.method, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if on_cuda else "cpu",
         "width": args.width, "batch": args.batch, "size": args.size, "channels": args.channels,
-        "amp": args.amp, "channels_last": channels_last, "compile": args.compile == "on",
+        "head": asdict(head_spec(args.method, params)), "overrides": args.set or [], "amp": args.amp, "channels_last": channels_last, "compile": args.compile == "on",
         "threads": torch.get_num_threads(), "steps": args.steps,
         "images_per_s": round(args.steps * args.batch / seconds, 1),
         "ms_per_step": round(1000 * seconds / args.steps, 2),
+        "epoch_s": round((args.train_images // args.batch) * seconds / args.steps, 1),
         "warmup_s": round(warmup_s, 2),
         "peak_memory_mb": round(peak_mb, 1), "memory_kind": kind,
         "loss_finite": bool(final == final and abs(final) != float("inf")),
@@ -105,7 +117,7 @@ def measure(args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", default="simclr,sdclr", help="comma-separated method keys")
+    p.add_argument("--methods", default="simclr,sdclr,sbid", help="comma-separated method keys")
     p.add_argument("--device", default="auto")
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--batch", type=int, default=256)
@@ -114,6 +126,10 @@ def main() -> None:
     p.add_argument("--amp", choices=["off", "bf16"], default="off")
     p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto")
     p.add_argument("--compile", choices=["off", "on", "both"], default="off")
+    p.add_argument("--train-images", type=int, default=13_399,
+                   help="training-set size = sbid memory-bank entries (default: the Fashion-MNIST-LT subset of params.yaml)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a params.yaml key for every configuration, e.g. --set sbid.negatives=4096")
     p.add_argument("--steps", type=int, default=20, help="timed steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     p.add_argument("--method", help=argparse.SUPPRESS)  # internal: run one configuration in this process

@@ -15,7 +15,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Literal, Optional, Union
 
 import yaml
 
@@ -78,6 +78,12 @@ def _milestones(v):
     if any(m < 1 for m in v) or list(v) != sorted(set(v)):
         return "an increasing list of positive epoch numbers, e.g. [10, 20] (or [] for a constant lr)"
     return None
+
+
+def _negatives(v):
+    if v == "all" or (isinstance(v, int) and v >= 0):
+        return None
+    return "a non-negative integer (0 = the batch's own entries only) or 'all' (full softmax)"
 
 
 def _device(v):
@@ -154,6 +160,24 @@ class PretrainParams:
 
 
 @dataclass(frozen=True)
+class SbidParams:
+    """Single-branch instance discrimination (Cao & Wu 2024); shares the ``pretrain`` schedule."""
+
+    head_hidden: int = _p(positive("a positive integer"), "head width: feat→hidden→BN→ReLU→hidden→BN→ReLU→proj_dim (paper: 2048)")
+    proj_dim: int = _p(positive("a positive integer"), "head output dimension = memory bank entry size")
+    temperature: float = _p(positive(), "τ of the cross-entropy over the bank logits (paper: 0.2)")
+    self_distill_weight: float = _p(non_negative(), "λ of the sqrt self-distillation term (paper: 20; 0 = off)")
+    negatives: Union[int, Literal["all"]] = _p(_negatives, "random other bank entries per step; 0 = batch only; all = full softmax")
+    bank_update: Literal["gradient", "momentum"] = _p(None, "bank rule: gradient (Cao & Wu) | momentum (NPID)")
+    bank_momentum: float = _p(_range(lo=0, hi=1, hi_open=True, what="a number"), "momentum rule: m (paper: 0.5)")
+    bank_step: float = _p(positive(), "gradient rule: step size along Σ_i (y_ik − p_ik)·z_i")
+    cutmix: bool = _p(None, "batch-level CutMix with mixed targets")
+    cutmix_alpha: float = _p(positive(), "CutMix Beta(α, α) (paper: 0.5)")
+    epochs: Optional[int] = _p(positive("a positive integer or null"), "null = pretrain.epochs (Cao & Wu: 200)")
+    lr: Optional[float] = _p(positive("a positive number or null"), "null = pretrain.lr (Cao & Wu: 1.0 at batch 512)")
+
+
+@dataclass(frozen=True)
 class ProbeParams:
     # features: softmax regression on standardised features extracted once (fast; CPU default).
     # authors:  the SDCLR authors' probe: a linear layer on the frozen backbone, images
@@ -186,6 +210,7 @@ class Params:
     model: ModelParams = _p()
     augment: AugmentParams = _p()
     pretrain: PretrainParams = _p()
+    sbid: SbidParams = _p()
     evaluate: EvaluateParams = _p()
 
 
@@ -206,7 +231,8 @@ def _type_name(tp) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        return f"{_type_name(inner[0])} or null"
+        names = " or ".join(_type_name(a) for a in inner)
+        return f"{names} or null" if type(None) in typing.get_args(tp) else names
     if origin is list:
         return f"a list of {_type_name(typing.get_args(tp)[0]).removeprefix('an ').removeprefix('a ')}s"
     if origin is tuple:
@@ -228,13 +254,14 @@ def _coerce(value: Any, tp, key: str) -> Any:
             fail()
         return _build(tp, value, key)
     if origin in (typing.Union, types.UnionType):
-        if value is None:
+        if value is None and type(None) in typing.get_args(tp):
             return None
-        inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
-        try:
-            return _coerce(value, inner, key)
-        except ConfigError:
-            fail()
+        for inner in [a for a in typing.get_args(tp) if a is not type(None)]:
+            try:
+                return _coerce(value, inner, key)
+            except ConfigError:
+                pass
+        fail()
     if origin is Literal:
         if value not in typing.get_args(tp) or isinstance(value, bool):
             raise ConfigError(

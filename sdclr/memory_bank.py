@@ -34,26 +34,31 @@ class MemoryBank(nn.Module):
         self.weight[indices] = F.normalize(z.to(self.weight.dtype), dim=1)
 
     @torch.no_grad()
-    def candidates(self, indices: torch.Tensor, k: int | None, generator: torch.Generator) -> torch.Tensor:
+    def candidates(self, indices: torch.Tensor, k: int | None, generator: torch.Generator) -> torch.Tensor | None:
         """Columns of a step's logits: the batch's own entries first, then ``k`` distinct others.
 
-        ``k = None`` means every entry (the full softmax); ``k = 0`` the batch only.
-        Own entries come first, so the target of row i is column i.
+        ``k = 0`` means the batch only; ``k = None`` every entry (the full softmax), returned
+        as ``None`` = "the whole bank in bank order" so no N×d copy is gathered each step.
+        With explicit columns the own entries come first, so the target of row i is column i.
         """
+        if k is None:
+            return None
         if k == 0:
             return indices
         n = self.num_entries
         in_batch = torch.zeros(n, dtype=torch.bool, device=indices.device)
         in_batch[indices] = True
         others = torch.randperm(n, generator=generator, device=indices.device)
-        others = others[~in_batch[others]]
-        if k is not None:
-            others = others[:k]
+        others = others[~in_batch[others]][:k]
         return torch.cat([indices, others])
 
-    def logits(self, z: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    def rows(self, columns: torch.Tensor | None) -> torch.Tensor:
+        """The K×d bank rows behind ``columns`` (the bank itself for ``None``)."""
+        return self.weight if columns is None else self.weight[columns]
+
+    def logits(self, z: torch.Tensor, columns: torch.Tensor | None) -> torch.Tensor:
         """Cosine similarities of normalised ``z`` (B×d) to the bank rows ``columns`` (B×K)."""
-        return F.normalize(z.to(self.weight.dtype), dim=1) @ self.weight[columns].T
+        return F.normalize(z.to(self.weight.dtype), dim=1) @ self.rows(columns).T
 
     @torch.no_grad()
     def momentum_update(self, indices: torch.Tensor, z: torch.Tensor, momentum: float) -> None:
@@ -61,14 +66,20 @@ class MemoryBank(nn.Module):
         self.weight[indices] = F.normalize(w, dim=1)
 
     @torch.no_grad()
-    def gradient_update(self, columns: torch.Tensor, z: torch.Tensor, targets: torch.Tensor,
-                        probs: torch.Tensor, step: float, renormalise: bool = True) -> None:
-        """``w_k += step · Σ_i (y_ik − p_ik) z_i`` for every column k, then renormalise those rows.
+    def gradient_update(self, columns: torch.Tensor | None, z: torch.Tensor, residual: torch.Tensor,
+                        step: float, renormalise: bool = True) -> None:
+        """``w_k += step · Σ_i (y_ik − p_ik) ẑ_i`` for every column k, then renormalise those rows.
 
-        ``targets`` and ``probs`` are B×K over ``columns`` (soft targets allowed, e.g. CutMix).
-        Equals a gradient step of size ``step·τ`` on Σ_i CE(logits_i/τ, y_i) w.r.t. the rows.
+        ``residual`` is ``y − p`` (B×K over ``columns``; soft targets allowed, e.g. CutMix) with
+        p the softmax at temperature τ. This equals a gradient step of size ``step·τ`` on
+        Σ_i CE(logits_i/τ, y_i) with respect to the rows (``tests/test_memory_bank.py``).
         """
-        delta = (targets.to(self.weight.dtype) - probs.to(self.weight.dtype)).T @ F.normalize(z.to(self.weight.dtype), dim=1)  # K×d
+        delta = residual.to(self.weight.dtype).T @ F.normalize(z.to(self.weight.dtype), dim=1)  # K×d
+        if columns is None:
+            self.weight.add_(delta, alpha=step)
+            if renormalise:
+                self.weight.div_(self.weight.norm(dim=1, keepdim=True).clamp_min(1e-12))
+            return
         self.weight.index_add_(0, columns, step * delta)
         if renormalise:
             self.weight[columns] = F.normalize(self.weight[columns], dim=1)

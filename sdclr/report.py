@@ -97,6 +97,45 @@ def claim_check(agg: dict) -> list[str]:
     return lines
 
 
+def training_cost(history_root: Path) -> dict[str, dict[str, float]]:
+    """Per method, from the pretraining histories: epochs, seconds (summed over epochs), images/s; mean over splits."""
+    out: dict[str, dict[str, float]] = {}
+    for method_dir in sorted(p for p in Path(history_root).glob("*") if p.is_dir()):
+        runs = [pd.read_csv(f) for f in sorted(method_dir.glob("split*.csv"))]
+        runs = [h for h in runs if {"epoch_seconds", "images_per_s"} <= set(h.columns) and len(h)]
+        if runs:
+            out[method_dir.name] = {
+                "epochs": float(np.mean([len(h) for h in runs])),
+                "seconds": float(np.mean([h["epoch_seconds"].sum() for h in runs])),
+                "images_per_s": float(np.mean([h["images_per_s"].mean() for h in runs])),
+            }
+    return out
+
+
+def cost_table(cost: dict) -> str:
+    order = [m for m in METHOD_ORDER if m in cost] + [m for m in cost if m not in METHOD_ORDER]
+    rows = ["| method | epochs | pretraining time (s) | images/s |", "|---|---|---|---|"]
+    rows += [f"| {m} | {cost[m]['epochs']:g} | {cost[m]['seconds']:.0f} | {cost[m]['images_per_s']:.0f} |" for m in order]
+    return "\n".join(rows)
+
+
+def sbid_claim_check(agg: dict, cost: dict) -> list[str]:
+    """Cao & Wu's claim, checked on our numbers: single-branch beats two-branch methods at less cost."""
+    if "sbid" not in agg:
+        return ["sbid is not in this run: no comparison."]
+    lines = []
+    for other in ("simclr", "sdclr"):
+        if other not in agg:
+            continue
+        diffs = ", ".join(f"{agg['sbid'][k]['accuracy_mean'] - agg[other][k]['accuracy_mean']:+.2f} {KINDS[k].lower()}"
+                          for k in KINDS)
+        time = ""
+        if "sbid" in cost and other in cost and cost[other]["seconds"] > 0:
+            time = f"; pretraining time ×{cost['sbid']['seconds'] / cost[other]['seconds']:.2f}"
+        lines.append(f"- sbid − {other}: {diffs}{time}.")
+    return lines
+
+
 def plot_group_bars(agg: dict, path: Path) -> None:
     from sdclr.plots import _pyplot
 
@@ -178,6 +217,13 @@ def write_report(metrics_root: Path, history_root: Path, splits_summary: Path, p
     md += ["## The paper's claimed direction", "",
            "SDCLR should beat SimCLR in accuracy *and* be more balanced (lower group std), with the largest gain on "
            "Minor classes and in the few-shot setting. On this run:", "", *claim_check(agg), ""]
+    cost = training_cost(history_root)
+    if cost:
+        md += ["## Pretraining cost", "", "Measured on this run's machine (sum of epoch times; the sbid memory-bank "
+               "fill pass is not included).", "", cost_table(cost), ""]
+    md += ["## Cao & Wu's claim (single-branch vs two-branch)", "",
+           "sbid should match or beat SimCLR/SDCLR in accuracy at a fraction of their pretraining time. "
+           "On this run (accuracy differences in points):", "", *sbid_claim_check(agg, cost), ""]
     md += ["## Reference numbers (SDCLR paper, CIFAR-10-LT, Table 4, full-shot probe)", "",
            "| method | major | moderate | minor |", "|---|---|---|---|"]
     for m, groups in PAPER_CIFAR10_GROUPS.items():
@@ -228,4 +274,23 @@ def deviations(params) -> list[str]:
     if (probe.full_shot_epochs, probe.few_shot_epochs) != (30, 100):
         out.append(f"Probe epochs {probe.full_shot_epochs} (full-shot) / {probe.few_shot_epochs} (few-shot) "
                    "instead of 30 / 100.")
+    out += sbid_deviations(params)
+    return out
+
+
+def sbid_deviations(params) -> list[str]:
+    """What sbid's settings change from Cao & Wu's recipe (../shared/PAPERS.md)."""
+    s, p = params.sbid, params.pretrain
+    out = []
+    if s.head_hidden != 2048:
+        out.append(f"sbid: head width {s.head_hidden} instead of 2048.")
+    if s.temperature != 0.2 or s.self_distill_weight != 20:
+        out.append(f"sbid: τ {s.temperature}, λ {s.self_distill_weight} instead of τ 0.2, λ 20.")
+    if s.bank_update != "gradient":
+        out.append("sbid: the classic momentum bank update instead of Cao & Wu's gradient-derived rule.")
+    if not s.cutmix or s.cutmix_alpha != 0.5:
+        out.append("sbid: CutMix off." if not s.cutmix else f"sbid: CutMix α {s.cutmix_alpha} instead of 0.5.")
+    epochs, lr = s.epochs or p.epochs, s.lr or p.lr
+    if (epochs, lr, p.batch_size) != (200, 1.0, 512):
+        out.append(f"sbid: {epochs} epochs at lr {lr}, batch {p.batch_size} instead of 200 epochs at lr 1.0, batch 512.")
     return out

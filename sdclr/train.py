@@ -25,7 +25,7 @@ from sdclr.config import Params
 from sdclr.data.augment import BatchAugment
 from sdclr.data.device_data import epoch_batches, to_device_uint8
 from sdclr.errors import ConfigError, TrainingError
-from sdclr.methods import build_method, method_params
+from sdclr.methods import build_method, head_spec, method_params, schedule
 from sdclr.models import build_model
 
 
@@ -46,18 +46,18 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
 
 
 def train_step(step_fn, optimizer, images, indices, augment, generator, channels_last: bool,
-               use_bf16: bool) -> torch.Tensor:
-    """One optimisation step of any method; returns the detached float loss (no host sync).
+               use_bf16: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimisation step of any method → (detached float loss, detached extras); no host sync.
 
     Shared by the loop and ``benchmarks/pretrain_throughput.py`` so the benchmark measures
     exactly what training runs.
     """
     with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-        loss, _ = step_fn(images, indices, augment, generator, channels_last)
+        loss, extras = step_fn(images, indices, augment, generator, channels_last)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return loss.detach().float()
+    return loss.detach().float(), {k: v.detach().float() for k, v in extras.items()}
 
 
 @dataclass
@@ -81,7 +81,7 @@ def training_fingerprint(params: Params, method: str, split_id: int, indices: np
     p = params.pretrain
     shaping = {
         "method": method, "split": split_id, "seed": params.seed,
-        "model": asdict(params.model), "augment": asdict(params.augment),
+        "width": params.model.width, "head": asdict(head_spec(method, params)), "augment": asdict(params.augment),
         "pretrain": {k: v for k, v in asdict(p).items() if k != "checkpoint_every"},
         "method_params": method_params(method, params),
         "data": checkpoint.fingerprint(indices.tolist()),
@@ -114,21 +114,25 @@ def pretrain(
     use_bf16 = p.amp == "bf16" or (p.amp == "auto" and on_cuda)
     channels_last = p.channels_last == "on" or (p.channels_last == "auto" and on_cuda)
 
+    epochs, peak_lr = schedule(method_name, params)
+    lr_key = "sbid.lr" if method_name == "sbid" and params.sbid.lr else "pretrain.lr"  # named in errors
+    tau_key = "sbid.temperature" if method_name == "sbid" else "pretrain.temperature"
     n = len(indices)
     if n < p.batch_size:
         raise ConfigError(f"params.yaml: pretrain.batch_size = {p.batch_size} is larger than the training subset "
                           f"({n} images); accepted: an integer <= {n}.")
     data = to_device_uint8(images[indices], device)
     steps_per_epoch = n // p.batch_size
-    total_steps = steps_per_epoch * p.epochs
+    total_steps = steps_per_epoch * epochs
     warmup_steps = min(p.warmup_epochs * steps_per_epoch, total_steps)
 
     torch.manual_seed(params.seed * 1000 + split_id)
-    net = build_model(params.model, spec.in_channels, spec.mean, spec.std)
+    head = head_spec(method_name, params)
+    net = build_model(params.model, spec.in_channels, spec.mean, spec.std, head)
     method = build_method(method_name, params, net, num_samples=n).to(device)
     if channels_last:
         method = method.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(method.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
+    optimizer = torch.optim.SGD(method.parameters(), lr=peak_lr, momentum=p.momentum, weight_decay=p.weight_decay)
     augment = BatchAugment(params.augment, channels=spec.in_channels)
     gen = torch.Generator(device=device)
     gen.manual_seed(params.seed * 1000 + split_id + 1)
@@ -146,6 +150,8 @@ def pretrain(
         start_epoch = int(state["epoch"])
         history = [dict(zip(state["history_keys"], row)) for row in state["history"].tolist()]
         log(f"resuming {method_name} split {split_id} from epoch {start_epoch} ({ckpt_path})")
+    else:
+        method.initialise(data, augment, gen, p.batch_size, channels_last)
 
     def save_checkpoint(epoch_done: int):
         checkpoint.save(ckpt_path, {
@@ -159,19 +165,23 @@ def pretrain(
 
     last_loss, rate = float("nan"), 0.0
     step = start_epoch * steps_per_epoch
-    for epoch in range(start_epoch, p.epochs):
+    for epoch in range(start_epoch, epochs):
         method.train()
         epoch_metrics = method.on_epoch_start(epoch)
         loss_sum = torch.zeros((), device=device)
+        extra_sums: dict[str, torch.Tensor] = {}
         t0 = time.perf_counter()
-        bar = tqdm(total=steps_per_epoch, desc=f"{method_name} s{split_id} ep {epoch + 1}/{p.epochs}",
+        bar = tqdm(total=steps_per_epoch, desc=f"{method_name} s{split_id} ep {epoch + 1}/{epochs}",
                    unit="step", leave=False, disable=None, file=sys.stderr, dynamic_ncols=True)
         report_every = max(1, steps_per_epoch // 10)
         for i, idx in enumerate(epoch_batches(n, p.batch_size, gen, device)):
-            lr = lr_at(step, total_steps, warmup_steps, p.lr)
+            lr = lr_at(step, total_steps, warmup_steps, peak_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss_sum += train_step(step_fn, optimizer, data[idx], idx, augment, gen, channels_last, use_bf16)
+            loss, extras = train_step(step_fn, optimizer, data[idx], idx, augment, gen, channels_last, use_bf16)
+            loss_sum += loss
+            for key, value in extras.items():
+                extra_sums[key] = extra_sums.get(key, 0) + value
             step += 1
             if (i + 1) % report_every == 0 or i + 1 == steps_per_epoch:
                 running = loss_sum.item() / (i + 1)  # one host sync every ~10% of an epoch
@@ -179,7 +189,7 @@ def pretrain(
                     bar.close()
                     raise TrainingError(
                         f"{method_name} split {split_id}: the loss became {running} at epoch {epoch + 1} step {i + 1}; "
-                        f"lower pretrain.lr (now {p.lr}) or raise pretrain.temperature (now {p.temperature}) — "
+                        f"lower {lr_key} (now {peak_lr}) or raise {tau_key} (now {method.temperature}) — "
                         f"the last good checkpoint {ckpt_path} is kept."
                     )
                 elapsed = time.perf_counter() - t0
@@ -191,23 +201,24 @@ def pretrain(
         seconds = time.perf_counter() - t0
         last_loss = loss_sum.item() / steps_per_epoch
         rate = steps_per_epoch * p.batch_size / seconds
-        metrics = {"loss": last_loss, "lr": lr, "temperature": p.temperature, "images_per_s": rate,
+        epoch_metrics.update({k: v.item() / steps_per_epoch for k, v in extra_sums.items()})
+        metrics = {"loss": last_loss, "lr": lr, "temperature": method.temperature, "images_per_s": rate,
                    "epoch_seconds": seconds, **epoch_metrics}
         history.append({"epoch": epoch + 1, **metrics})
-        log(f"{method_name} split {split_id} epoch {epoch + 1}/{p.epochs}: loss {last_loss:.4f}, "
+        log(f"{method_name} split {split_id} epoch {epoch + 1}/{epochs}: loss {last_loss:.4f}, "
             f"lr {lr:.4f}, {rate:.0f} images/s" + "".join(f", {k} {v:.4f}" for k, v in epoch_metrics.items()))
         if run is not None:
             run.log_metrics(metrics, step=epoch + 1)
-        if (epoch + 1) % p.checkpoint_every == 0 or epoch + 1 == p.epochs:
+        if (epoch + 1) % p.checkpoint_every == 0 or epoch + 1 == epochs:
             save_checkpoint(epoch + 1)
-        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < p.epochs:
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < epochs:
             return PretrainResult(epoch + 1 - start_epoch, start_epoch, last_loss, rate)
 
-    save_encoder(out_path, method, method_name, spec, params, fp,
+    save_encoder(out_path, method, method_name, spec, params, head, fp,
                  pretrain_run_id=getattr(run, "run_id", ""))
     if history_path is not None:
         write_history_csv(history_path, history)
-    return PretrainResult(p.epochs - start_epoch, start_epoch, last_loss, rate)
+    return PretrainResult(epochs - start_epoch, start_epoch, last_loss, rate)
 
 
 def write_history_csv(path: Path, history: list[dict]) -> None:
@@ -219,7 +230,7 @@ def write_history_csv(path: Path, history: list[dict]) -> None:
     write_bytes(path, ("\n".join(lines) + "\n").encode())
 
 
-def save_encoder(path: Path, method, method_name: str, spec: ModelSpec, params: Params, fp: str,
+def save_encoder(path: Path, method, method_name: str, spec: ModelSpec, params: Params, head, fp: str,
                  pretrain_run_id: str = "") -> None:
     """The trained network (masks included), what is needed to rebuild it, and its MLflow run."""
     net_state = {k: v.detach().cpu().contiguous() for k, v in method.net.state_dict().items()}
@@ -229,6 +240,7 @@ def save_encoder(path: Path, method, method_name: str, spec: ModelSpec, params: 
         "net": net_state,
         "spec": asdict(spec),
         "model": asdict(params.model),
+        "head": asdict(head),
         "pretrain_run_id": pretrain_run_id,
     })
 
@@ -236,9 +248,11 @@ def save_encoder(path: Path, method, method_name: str, spec: ModelSpec, params: 
 def load_encoder(path: Path, device: torch.device | str = "cpu"):
     """Rebuild the network saved by :func:`save_encoder` (weights_only load) in eval mode."""
     from sdclr.config import ModelParams
+    from sdclr.models import HeadSpec
 
     state = checkpoint.load(Path(path), map_location="cpu")
     spec = state["spec"]
-    net = build_model(ModelParams(**state["model"]), spec["in_channels"], spec["mean"], spec["std"])
+    head = HeadSpec(**state["head"]) if "head" in state else None  # files before sbid: the model head
+    net = build_model(ModelParams(**state["model"]), spec["in_channels"], spec["mean"], spec["std"], head)
     net.load_state_dict(state["net"])
     return net.to(device).eval(), state

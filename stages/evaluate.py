@@ -58,7 +58,7 @@ def main(params, args):
 
 
 def add_arguments(p):
-    p.add_argument("--method", required=True, choices=["simclr", "sdclr", "random"])
+    p.add_argument("--method", required=True, choices=["simclr", "sdclr", "sbid", "random"])
     p.add_argument("--split", required=True, type=int)
     p.add_argument("--raw-root", default="data/raw")
     p.add_argument("--splits-root", default="data/splits")

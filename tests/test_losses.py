@@ -1,4 +1,4 @@
-"""NT-Xent against a literal double-loop reading of the formula."""
+"""Contrastive losses against literal readings of their formulas (NT-Xent loop; sbid loss vs autograd)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from torch.nn import functional as F
 
 from sdclr.losses import nt_xent
 
@@ -79,3 +80,36 @@ def test_bf16_inputs_are_computed_in_float32():
 def test_shape_mismatch_is_refused():
     with pytest.raises(ValueError, match="z1 and z2"):
         nt_xent(torch.randn(4, 3), torch.randn(5, 3), 0.2)
+
+
+@pytest.mark.parametrize("lam,sd_weight", [(1.0, 20.0), (0.7, 20.0), (0.6, 0.0)])
+def test_fused_bank_loss_matches_the_autograd_composition(lam, sd_weight):
+    """The fused sbid loss = CE over bank logits + λ·sqrt term, in value, ∇z and residual (float64)."""
+    from sdclr.losses import bank_instance_loss, sqrt_self_distillation
+
+    g = torch.Generator().manual_seed(4)
+    b, k, d, tau = 6, 11, 5, 0.2
+    z = torch.randn(b, d, generator=g, dtype=torch.float64, requires_grad=True)
+    w = F.normalize(torch.randn(k, d, generator=g, dtype=torch.float64), dim=1)
+    own = torch.tensor([3, 0, 7, 1, 10, 4])
+    partner = own[torch.tensor([2, 1, 0, 5, 3, 4])]  # a CutMix permutation with a fixed point (row 1)
+    targets = torch.zeros(b, k, dtype=torch.float64)
+    targets[torch.arange(b), own] += lam
+    targets[torch.arange(b), partner] += 1 - lam
+
+    cos = F.normalize(z, dim=1) @ w.T
+    reference = -(targets * F.log_softmax(cos / tau, 1)).sum(1).mean() + sd_weight * sqrt_self_distillation(cos)
+    (grad_ref,) = torch.autograd.grad(reference, z)
+
+    z2 = z.detach().clone().requires_grad_(True)
+    loss, residual, entropy_p, entropy_q = bank_instance_loss(F.normalize(z2, dim=1), w, own, partner, lam, tau,
+                                                              sd_weight)
+    loss.backward()
+    torch.testing.assert_close(loss, reference.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(z2.grad, grad_ref, rtol=1e-10, atol=1e-12)
+    cos = cos.detach()
+    torch.testing.assert_close(residual, targets - (cos / tau).softmax(1))
+    p = cos.softmax(1)
+    torch.testing.assert_close(entropy_p, -(p * p.log()).sum(1).mean())
+    q = (cos / tau).softmax(1)
+    torch.testing.assert_close(entropy_q, -(q * q.log()).sum(1).mean())

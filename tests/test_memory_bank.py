@@ -40,15 +40,19 @@ def test_candidates_own_entries_first_then_distinct_others():
     idx = torch.tensor([3, 7, 11, 20])
     cols = bank.candidates(idx, 10, g)
     assert cols[:4].tolist() == idx.tolist() and len(cols) == 14 and len(set(cols.tolist())) == 14
-    assert len(bank.candidates(idx, None, g)) == 50  # full softmax
+    assert bank.candidates(idx, None, g) is None  # full softmax: the whole bank, no gathered copy
+    assert bank.rows(None) is bank.weight
     assert bank.candidates(idx, 0, g).tolist() == idx.tolist()
 
 
-def test_gradient_update_is_a_gradient_step_on_the_loss():
+@pytest.mark.parametrize("k", [12, None], ids=["k=12", "full-softmax"])
+def test_gradient_update_is_a_gradient_step_on_the_loss(k):
     bank = _bank()
     g = torch.Generator().manual_seed(2)
     idx = torch.tensor([0, 5, 9, 13, 21])
-    cols = bank.candidates(idx, 12, g)
+    cols = bank.candidates(idx, k, g)
+    if cols is None:  # the whole bank in bank order: use explicit columns for the reference
+        cols = torch.arange(50)
     z = torch.randn(5, 8, generator=g, dtype=torch.float64)
     tau, step = 0.2, 0.05
     targets = torch.zeros(5, len(cols), dtype=torch.float64)
@@ -63,7 +67,7 @@ def test_gradient_update_is_a_gradient_step_on_the_loss():
     expected = bank.weight - step * tau * grad
 
     probs = (bank.logits(z, cols) / tau).softmax(1)
-    bank.gradient_update(cols, z, targets, probs, step, renormalise=False)
+    bank.gradient_update(None if k is None else cols, z, targets - probs, step, renormalise=False)
     torch.testing.assert_close(bank.weight, expected)
     untouched = torch.ones(50, dtype=torch.bool)
     untouched[cols] = False
@@ -86,7 +90,7 @@ def test_updates_keep_rows_unit_norm_and_momentum_touches_only_own_rows():
     cols = bank.candidates(idx, 5, g)
     probs = (bank.logits(z, cols) / 0.2).softmax(1)
     targets = torch.eye(3, len(cols), dtype=torch.float64)
-    bank.gradient_update(cols, z, targets, probs, 0.5)
+    bank.gradient_update(cols, z, targets - probs, 0.5)
     torch.testing.assert_close(bank.weight.norm(dim=1), torch.ones(50, dtype=torch.float64))
 
 

@@ -2,12 +2,13 @@
 
 Checks every stage's outputs, the report's tables and figures, and the MLflow runs
 (pretrain and evaluate per method, per-epoch metrics with steps). Then checks that
-`-S prune_ratio=...` re-runs only SDCLR's stages and the report.
+`-S prune_ratio=...` re-runs only SDCLR's stages and the report (not SimCLR's or sbid's).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 
@@ -24,9 +25,10 @@ TINY = {
     "subsample": {"val_per_class": 100, "n_max": 100, "imbalance_ratio": 10, "splits": [0]},
     "model": {"width": 8, "head_hidden": 32, "proj_dim": 16},
     "pretrain": {"epochs": 1, "batch_size": 64, "warmup_epochs": 0},
+    "sbid": {"head_hidden": 32, "proj_dim": 16},
     "evaluate": {"probe": {"full_shot_epochs": 2, "few_shot_epochs": 3}, "knn_k": 20},
 }
-METHODS = ("simclr", "sdclr")
+METHODS = ("simclr", "sdclr", "sbid")
 
 
 def test_tiny_pipeline_end_to_end(tmp_path):
@@ -47,13 +49,13 @@ def test_tiny_pipeline_end_to_end(tmp_path):
             assert set(metrics[kind]["groups"]) == {"major", "moderate", "minor"}
             assert len(metrics[kind]["per_class"]) == 10
     report = (proj / "reports/report.md").read_text()
-    for needle in ("## Linear probe, full-shot", "| simclr |", "| sdclr |", "| random |",
+    for needle in ("## Linear probe, full-shot", "| simclr |", "| sdclr |", "| sbid |", "| random |",
                    "## Deviations from the paper's recipe", "figures/group_accuracy.png"):
         assert needle in report
     for fig in ("group_accuracy", "pretrain_loss", "class_counts"):
         assert (proj / f"reports/figures/{fig}.png").stat().st_size > 5_000
     summary = json.loads((proj / "reports/metrics.json").read_text())
-    assert {"random", "simclr", "sdclr"} <= set(summary)
+    assert {"random", "simclr", "sdclr", "sbid"} <= set(summary)
 
     mlflow.set_tracking_uri(store)
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
@@ -68,6 +70,10 @@ def test_tiny_pipeline_end_to_end(tmp_path):
         ev = by_name[f"evaluate-{m}-split0"]
         assert ev.data.tags["pretrain_run_id"] == run.info.run_id
     assert "mask_sparsity" in by_name["pretrain-sdclr-split0"].data.metrics
+    sbid = by_name["pretrain-sbid-split0"].data
+    assert sbid.params["sbid.bank_update"] == "gradient" and sbid.params["sbid.negatives"] == "all"
+    entries = json.loads((proj / "data/splits/fashion_mnist/summary.json").read_text())["splits"][0]["longtail_total"]
+    assert 0 < sbid.metrics["entropy"] <= math.log(entries) + 1e-6  # mean entropy of p ≤ log(#bank entries)
     assert "report" in by_name
 
     # `dvc exp run -S prune_ratio=...` re-runs SDCLR's stages and the report only, and

@@ -28,6 +28,7 @@ TINY = {
     "subsample": {"val_per_class": 10, "n_max": 40, "imbalance_ratio": 4, "splits": [0]},
     "model": {"width": 8, "head_hidden": 16, "proj_dim": 8},
     "pretrain": {"epochs": 6, "batch_size": 16, "warmup_epochs": 1, "lr": 0.1, "checkpoint_every": 1},
+    "sbid": {"head_hidden": 16, "proj_dim": 8},
 }
 
 
@@ -59,11 +60,13 @@ def _pretrain_cmd(method: str) -> list[str]:
     return [sys.executable, "stages/pretrain.py", "--method", method, "--split", "0"]
 
 
-def test_kill_then_rerun_resumes_and_matches_an_uninterrupted_run(tiny_project, tmp_path):
+@pytest.mark.parametrize("method", ["sdclr", "sbid"])
+def test_kill_then_rerun_resumes_and_matches_an_uninterrupted_run(tiny_project, tmp_path, method):
+    """sdclr: masks are recomputed from restored weights; sbid: the memory bank is restored."""
     env = project_env(tiny_project, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    ckpt = tiny_project / "checkpoints/sdclr/split0.ckpt"
+    ckpt = tiny_project / f"checkpoints/{method}/split0.ckpt"
 
-    proc = subprocess.Popen(_pretrain_cmd("sdclr"), cwd=tiny_project, env=env,
+    proc = subprocess.Popen(_pretrain_cmd(method), cwd=tiny_project, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
@@ -71,23 +74,27 @@ def test_kill_then_rerun_resumes_and_matches_an_uninterrupted_run(tiny_project, 
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert ckpt.exists(), "no checkpoint was written before the kill"
-    killed_at = int(checkpoint.load(ckpt, "cpu")["epoch"])
+    saved = checkpoint.load(ckpt, "cpu")
+    killed_at = int(saved["epoch"])
+    if method == "sbid":  # the bank travels in the checkpoint, unit rows, one per training image
+        bank = saved["method"]["bank.weight"]
+        torch.testing.assert_close(bank.norm(dim=1), torch.ones(len(bank)))
     assert 1 <= killed_at < 6, f"the process was not killed partway (checkpoint at epoch {killed_at})"
-    assert not (tiny_project / "models/sdclr/split0.pt").exists()
+    assert not (tiny_project / f"models/{method}/split0.pt").exists()
 
-    rerun = subprocess.run(_pretrain_cmd("sdclr"), cwd=tiny_project, env=env, capture_output=True, text=True)
+    rerun = subprocess.run(_pretrain_cmd(method), cwd=tiny_project, env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
-    assert f"resuming sdclr split 0 from epoch {killed_at}" in rerun.stdout
+    assert f"resuming {method} split 0 from epoch {killed_at}" in rerun.stdout
     assert not ckpt.exists()  # superseded by the final encoder
-    resumed = checkpoint.load(tiny_project / "models/sdclr/split0.pt", "cpu")["net"]
-    history = (tiny_project / "reports/pretrain/sdclr/split0.csv").read_text().splitlines()
+    resumed = checkpoint.load(tiny_project / f"models/{method}/split0.pt", "cpu")["net"]
+    history = (tiny_project / f"reports/pretrain/{method}/split0.csv").read_text().splitlines()
     assert len(history) == 1 + 6  # header + every epoch, the ones before the kill included
 
-    (tiny_project / "models/sdclr/split0.pt").unlink()
-    fresh = subprocess.run(_pretrain_cmd("sdclr"), cwd=tiny_project, env=env, capture_output=True, text=True)
+    (tiny_project / f"models/{method}/split0.pt").unlink()
+    fresh = subprocess.run(_pretrain_cmd(method), cwd=tiny_project, env=env, capture_output=True, text=True)
     assert fresh.returncode == 0, fresh.stderr
     assert "resuming" not in fresh.stdout
-    uninterrupted = checkpoint.load(tiny_project / "models/sdclr/split0.pt", "cpu")["net"]
+    uninterrupted = checkpoint.load(tiny_project / f"models/{method}/split0.pt", "cpu")["net"]
     assert resumed.keys() == uninterrupted.keys()
     for k in resumed:
         assert torch.equal(resumed[k], uninterrupted[k]), f"{k} differs after resume"

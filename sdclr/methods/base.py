@@ -23,13 +23,20 @@ class Method(nn.Module):
         super().__init__()
         self.net = net
 
+    def initialise(self, data: torch.Tensor, augment, generator: torch.Generator, batch_size: int,
+                   channels_last: bool) -> None:
+        """Once before the first epoch (not on resume): e.g. sbid's memory-bank fill pass."""
+
     def on_epoch_start(self, epoch: int) -> dict[str, float]:
         """Per-epoch bookkeeping (e.g. SDCLR's mask refresh); returns metrics to log."""
         return {}
 
     def forward(self, images: torch.Tensor, indices: torch.Tensor, augment, generator: torch.Generator,
                 channels_last: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """uint8 batch on the device → (scalar loss, extra per-step metrics as 0-d tensors)."""
+        """uint8 batch on the device → (scalar loss, extra per-step metrics as 0-d tensors).
+
+        The extras are averaged over the epoch and logged beside the loss.
+        """
         raise NotImplementedError
 
     @staticmethod

@@ -3,7 +3,7 @@
 Every module takes the SDCLR branch (0 = dense, 1 = pruned) as a forward argument.
 """
 
-from sdclr.models.heads import ProjectionHead, SSLNet, build_model
+from sdclr.models.heads import HeadSpec, ProjectionHead, SSLNet, build_model
 from sdclr.models.layers import DENSE, PRUNED, DualBatchNorm, MaskedConv2d
 from sdclr.models.resnet import BasicBlock, ResNet18
 
@@ -12,6 +12,7 @@ __all__ = [
     "PRUNED",
     "BasicBlock",
     "DualBatchNorm",
+    "HeadSpec",
     "MaskedConv2d",
     "ProjectionHead",
     "ResNet18",

@@ -8,6 +8,7 @@ each branch keeps its own statistics all the way to the loss.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -18,24 +19,43 @@ from sdclr.models.layers import DENSE, DualBatchNorm
 from sdclr.models.resnet import ResNet18
 
 
-class ProjectionHead(nn.Module):
-    """``depth`` Linear layers, each followed by a dual BN1d; ReLU between them.
+@dataclass(frozen=True)
+class HeadSpec:
+    """The shape of a projection head; saved with every encoder so evaluation can rebuild it.
 
-    The Linear layers carry no bias: the BN right after each one would cancel it.
+    SimCLR/SDCLR: ``last_bn=True`` (BCL's 512-512-BN-ReLU-128-BN). Cao & Wu's single-branch
+    head ends in a plain Linear (``last_bn=False``): feat→2048→BN→ReLU→2048→BN→ReLU→d.
     """
 
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, depth: int = 2):
+    depth: int
+    hidden: int
+    out_dim: int
+    last_bn: bool = True
+
+
+class ProjectionHead(nn.Module):
+    """``depth`` Linear layers with a dual BN1d after each (the last one's optional); ReLU between.
+
+    A Linear followed by BN carries no bias (the BN would cancel it); a last Linear
+    without BN has one.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, depth: int = 2, last_bn: bool = True):
         super().__init__()
         if depth not in (1, 2, 3):
             raise ValueError(f"ProjectionHead: depth must be 1, 2 or 3, got {depth!r}.")
         dims = [in_dim] + [hidden_dim] * (depth - 1) + [out_dim]
-        self.linears = nn.ModuleList(nn.Linear(a, b, bias=False) for a, b in zip(dims[:-1], dims[1:]))
-        self.bns = nn.ModuleList(DualBatchNorm(b, dims=1) for b in dims[1:])
+        n_bn = depth if last_bn else depth - 1
+        self.linears = nn.ModuleList(nn.Linear(a, b, bias=i >= n_bn)
+                                     for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])))
+        self.bns = nn.ModuleList(DualBatchNorm(b, dims=1) for b in dims[1:n_bn + 1])
 
     def forward(self, x: torch.Tensor, branch: int = DENSE) -> torch.Tensor:
         last = len(self.linears) - 1
-        for i, (linear, bn) in enumerate(zip(self.linears, self.bns)):
-            x = bn(linear(x), branch)
+        for i, linear in enumerate(self.linears):
+            x = linear(x)
+            if i < len(self.bns):
+                x = self.bns[i](x, branch)
             if i < last:
                 x = F.relu(x)
         return x
@@ -61,8 +81,10 @@ class SSLNet(nn.Module):
         return self.backbone(x, DENSE)
 
 
-def build_model(model_params, in_channels: int, mean: Sequence[float], std: Sequence[float]) -> SSLNet:
-    """The network every method trains, from params.yaml's ``model`` section."""
+def build_model(model_params, in_channels: int, mean: Sequence[float], std: Sequence[float],
+                head: HeadSpec | None = None) -> SSLNet:
+    """Backbone from params.yaml's ``model`` section + a head (default: the ``model`` head)."""
     backbone = ResNet18(in_channels, model_params.width, mean, std)
-    head = ProjectionHead(backbone.feature_dim, model_params.head_hidden, model_params.proj_dim, model_params.head_depth)
-    return SSLNet(backbone, head)
+    if head is None:
+        head = HeadSpec(model_params.head_depth, model_params.head_hidden, model_params.proj_dim)
+    return SSLNet(backbone, ProjectionHead(backbone.feature_dim, head.hidden, head.out_dim, head.depth, head.last_bn))

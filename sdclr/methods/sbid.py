@@ -1,0 +1,75 @@
+"""Single-branch instance discrimination with sqrt self-distillation (Cao & Wu 2024).
+
+One augmented view per image per step (half the encoder work of SimCLR/SDCLR). Each
+image's projection is classified against a memory bank of one unit vector per training
+image: logits are cosine similarities to the batch's own entries plus ``negatives`` other
+entries, the target is the image's own entry (mixed with its CutMix partner's), and the
+loss is the cross-entropy at temperature τ plus λ times the sqrt self-distillation term
+on the temperature-1 distribution. After each step the bank moves by the momentum rule
+or by the gradient-derived rule (see :mod:`sdclr.memory_bank`). The bank is a buffer, so
+it travels with the method's ``state_dict`` into resume checkpoints.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from sdclr.data.cutmix import cutmix
+from sdclr.losses import bank_instance_loss
+from sdclr.memory_bank import MemoryBank
+from sdclr.methods.base import Method
+
+
+class SingleBranchID(Method):
+    name = "sbid"
+    views_per_image = 1
+
+    def __init__(self, net, sbid_params, num_samples: int):
+        super().__init__(net)
+        self.cfg = sbid_params
+        self.temperature = sbid_params.temperature
+        self.negatives = None if sbid_params.negatives == "all" else int(sbid_params.negatives)
+        self.bank = MemoryBank(num_samples, sbid_params.proj_dim)
+
+    @torch.no_grad()
+    def initialise(self, data, augment, generator, batch_size: int, channels_last: bool) -> None:
+        """Fill the bank with one no-grad pass of the untrained network over the augmented set.
+
+        Train-mode BN (batch statistics), as in the training steps that follow, so the
+        entries live where the first steps' features will.
+        """
+        was_training = self.training
+        self.train()
+        n = data.shape[0]
+        for idx in torch.tensor_split(torch.arange(n, device=data.device), max(1, n // batch_size)):
+            x = augment(data[idx], generator)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            self.bank.fill(idx, self.net(x).float())
+        self.train(was_training)
+
+    def forward(self, images, indices, augment, generator, channels_last):
+        cfg = self.cfg
+        x = augment(images, generator)
+        perm, lam = None, 1.0
+        if cfg.cutmix:
+            x, perm, lam = cutmix(x, cfg.cutmix_alpha, generator)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        z_hat = F.normalize(self.net(x).float(), dim=1)
+
+        columns = self.bank.candidates(indices, self.negatives, generator)
+        # Where each row's target sits among the logits' columns: the bank index itself for
+        # the full softmax, else position i (own entries come first).
+        own = indices if columns is None else torch.arange(len(indices), device=indices.device)
+        partner = own if perm is None else own[perm]
+        loss, residual, entropy_p, entropy_q = bank_instance_loss(
+            z_hat, self.bank.rows(columns), own, partner, lam, cfg.temperature, cfg.self_distill_weight)
+
+        with torch.no_grad():  # the loss saved only its gradient, so the bank may change in place now
+            if cfg.bank_update == "momentum":
+                self.bank.momentum_update(indices, z_hat.detach(), cfg.bank_momentum)
+            else:
+                self.bank.gradient_update(columns, z_hat.detach(), residual, cfg.bank_step)
+        return loss, {"entropy": entropy_p, "entropy_tau": entropy_q}
