@@ -14,7 +14,9 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   echo "setup: creating .venv and installing pinned packages (a few minutes the first time)..."
   "$PYTHON" -m venv .venv
   .venv/bin/python -m pip install --quiet --upgrade pip 2> >(grep -v "^WARNING: Location" >&2)
-  .venv/bin/python -m pip install --quiet -r requirements.txt 2> >(grep -v "^WARNING: Location" >&2)
+  # --no-compile + a parallel compileall: the same .pyc files in about half the time on 2 cores
+  .venv/bin/python -m pip install --quiet --no-compile -r requirements.txt 2> >(grep -v "^WARNING: Location" >&2)
+  .venv/bin/python -m compileall -q -j 0 .venv/lib >/dev/null 2>&1 || true
   .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e . 2> >(grep -v "^WARNING: Location" >&2)
   echo "$want" > "$stamp"
 fi

@@ -157,6 +157,8 @@ class PretrainParams:
     amp: Literal["auto", "bf16", "off"] = _p(None, "autocast: auto = bf16 on CUDA, off on CPU")
     channels_last: Literal["auto", "on", "off"] = _p(None, "memory format: auto = channels_last on CUDA")
     compile: bool = _p(None, "wrap the model in torch.compile")
+    nproc: int = _p(positive("a positive integer"), "processes (GPUs) per node; > 1: the stage launches torchrun itself")
+    sync_bn: bool = _p(None, "SyncBatchNorm across processes (CUDA, nproc > 1); false = per-process BN statistics")
 
 
 @dataclass(frozen=True)

@@ -65,13 +65,17 @@ class _BankInstanceLoss(torch.autograd.Function):
         rows = torch.arange(b, device=z_hat.device)
         cos = z_hat @ bank_rows.T
         log_q = F.log_softmax(cos / temperature, dim=1)
-        ce = -(lam * log_q[rows, own] + (1 - lam) * log_q[rows, partner]).mean()
+        ce = -(lam * log_q[rows, own] + (1 - lam) * log_q[rows, partner]).mean()  # lam: a float or B values
         q = log_q.exp()
         entropy_q = -(q * log_q).sum(1).mean()
         del log_q
         residual = q.neg_()  # y − q, y = lam on the own column + (1 − lam) on the partner's
-        residual.index_put_((rows, own), torch.full_like(own, lam, dtype=q.dtype), accumulate=True)
-        residual.index_put_((rows, partner), torch.full_like(own, 1 - lam, dtype=q.dtype), accumulate=True)
+        if torch.is_tensor(lam):
+            lam_rows, rest_rows = lam.to(q.dtype), 1 - lam.to(q.dtype)
+        else:
+            lam_rows, rest_rows = torch.full_like(own, lam, dtype=q.dtype), torch.full_like(own, 1 - lam, dtype=q.dtype)
+        residual.index_put_((rows, own), lam_rows, accumulate=True)
+        residual.index_put_((rows, partner), rest_rows, accumulate=True)
         grad_cos = residual * (-1.0 / (temperature * b))
 
         log_p = F.log_softmax(cos, dim=1)
@@ -111,5 +115,6 @@ def bank_instance_loss(z_hat: torch.Tensor, bank_rows: torch.Tensor, own: torch.
     """
     dtype = torch.promote_types(z_hat.dtype, torch.float32)
     with torch.autocast(device_type=z_hat.device.type, enabled=False):
-        return _BankInstanceLoss.apply(z_hat.to(dtype), bank_rows.to(dtype), own, partner, float(lam),
+        lam = lam if torch.is_tensor(lam) else float(lam)  # per-row under DDP (CutMix draws per rank)
+        return _BankInstanceLoss.apply(z_hat.to(dtype), bank_rows.to(dtype), own, partner, lam,
                                        float(temperature), float(sd_weight))

@@ -84,3 +84,14 @@ def mask_sparsity(model: nn.Module) -> dict[str, float]:
     out = {"overall": sum(zeros) / sum(sizes)} if sizes else {"overall": 0.0}
     out.update({name: z / n for (name, _), z, n in zip(named, zeros, sizes)})
     return out
+
+
+@torch.no_grad()
+def mask_fingerprint(model: nn.Module) -> torch.Tensor:
+    """Two exact float64 numbers identifying the masks: kept count and Σ position·mask.
+
+    Compared across DDP ranks each epoch (same weights must give the same masks).
+    """
+    flat = torch.cat([m.mask.flatten() for m in masked_convs(model)]).double()
+    positions = torch.arange(flat.numel(), dtype=torch.float64, device=flat.device)
+    return torch.stack([flat.sum(), (flat * positions).sum()])

@@ -286,6 +286,8 @@ def sbid_deviations(params) -> list[str]:
         out.append(f"sbid: head width {s.head_hidden} instead of 2048.")
     if s.temperature != 0.2 or s.self_distill_weight != 20:
         out.append(f"sbid: τ {s.temperature}, λ {s.self_distill_weight} instead of τ 0.2, λ 20.")
+    if s.negatives != "all":
+        out.append(f"sbid: {s.negatives} random negative bank entries per step instead of the whole bank.")
     if s.bank_update != "gradient":
         out.append("sbid: the classic momentum bank update instead of Cao & Wu's gradient-derived rule.")
     if not s.cutmix or s.cutmix_alpha != 0.5:

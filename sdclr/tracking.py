@@ -44,6 +44,9 @@ def git_commit(cwd: Path | None = None) -> str:
         return "unknown"
 
 
+_initialised: set[str] = set()
+
+
 def _mlflow():
     import logging
 
@@ -51,13 +54,36 @@ def _mlflow():
 
     # Alembic's per-migration INFO lines drown the stage output on first use of a store.
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    mlflow.set_tracking_uri(tracking_uri())
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    if uri not in _initialised:
+        init_store(uri)
+        _initialised.add(uri)
     return mlflow
 
 
-def init_store() -> None:
-    """Create the store's schema once (concurrent first-time migrations race)."""
-    _mlflow().MlflowClient().search_experiments(max_results=1)
+def init_store(uri: str | None = None) -> None:
+    """Create a SQLite store's schema once, under a file lock.
+
+    ``dvc queue start -j N`` starts N workers at once; their first connections would all
+    run MLflow's schema migration on a new SQLite file and race ("table already exists").
+    The lock serialises that first connection: one process creates the schema, the others
+    wait for it and then find it done. ``python -m sdclr.tracking`` does it ahead of time.
+    """
+    import fcntl
+
+    import mlflow
+
+    uri = uri or tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        mlflow.MlflowClient(uri).search_experiments(max_results=1)
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        mlflow.MlflowClient(uri).search_experiments(max_results=1)
 
 
 def experiment_id(name: str) -> str:
@@ -118,3 +144,8 @@ class Run:
     def __exit__(self, exc_type, exc, tb) -> None:
         status = "FINISHED" if exc_type is None else ("KILLED" if exc_type is KeyboardInterrupt else "FAILED")
         self.client.set_terminated(self.run_id, status)
+
+
+if __name__ == "__main__":
+    init_store()
+    print(f"MLflow store ready: {tracking_uri()}")

@@ -14,13 +14,14 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from sdclr import checkpoint
+from sdclr import checkpoint, distributed
 from sdclr.config import Params
 from sdclr.data.augment import BatchAugment
 from sdclr.data.device_data import epoch_batches, to_device_uint8
@@ -77,15 +78,21 @@ class ModelSpec:
     std: list[float]
 
 
-def training_fingerprint(params: Params, method: str, split_id: int, indices: np.ndarray) -> str:
+def _silent(message: str) -> None:
+    pass
+
+
+def training_fingerprint(params: Params, method: str, split_id: int, indices: np.ndarray, world_size: int = 1) -> str:
     p = params.pretrain
     shaping = {
         "method": method, "split": split_id, "seed": params.seed,
         "width": params.model.width, "head": asdict(head_spec(method, params)), "augment": asdict(params.augment),
-        "pretrain": {k: v for k, v in asdict(p).items() if k != "checkpoint_every"},
+        "pretrain": {k: v for k, v in asdict(p).items() if k not in ("checkpoint_every", "nproc")},
         "method_params": method_params(method, params),
         "data": checkpoint.fingerprint(indices.tolist()),
     }
+    if world_size > 1:  # the shards and per-rank BN batches differ: never resume across world sizes
+        shaping["world_size"] = world_size
     return checkpoint.fingerprint(shaping)
 
 
@@ -109,7 +116,9 @@ def pretrain(
     ``stop_after_epoch`` ends the loop early (after checkpointing) — used to test resume.
     """
     p = params.pretrain
-    device = resolve_device(params.device)
+    ctx, device = distributed.init_from_env(resolve_device(params.device))
+    if not ctx.is_main:
+        log = _silent  # rank 0 speaks, writes and tracks; the other ranks only compute
     on_cuda = device.type == "cuda"
     use_bf16 = p.amp == "bf16" or (p.amp == "auto" and on_cuda)
     channels_last = p.channels_last == "on" or (p.channels_last == "auto" and on_cuda)
@@ -121,12 +130,20 @@ def pretrain(
     if n < p.batch_size:
         raise ConfigError(f"params.yaml: pretrain.batch_size = {p.batch_size} is larger than the training subset "
                           f"({n} images); accepted: an integer <= {n}.")
-    data = to_device_uint8(images[indices], device)
-    steps_per_epoch = n // p.batch_size
+    if p.batch_size % ctx.world_size:
+        raise ConfigError(f"params.yaml: pretrain.batch_size = {p.batch_size} does not split evenly over "
+                          f"{ctx.world_size} processes; accepted: a multiple of {ctx.world_size}.")
+    # Each rank holds its shard of the subset on its device: rows rank, rank + W, rank + 2W, ...
+    # ``positions`` are the shard rows' indices in the whole subset (= sbid's bank rows).
+    positions = torch.arange(ctx.rank, n, ctx.world_size)
+    data = to_device_uint8(images[indices[positions.numpy()]], device)
+    positions = positions.to(device)
+    local_batch = p.batch_size // ctx.world_size
+    steps_per_epoch = (n // ctx.world_size) // local_batch  # the same on every rank
     total_steps = steps_per_epoch * epochs
     warmup_steps = min(p.warmup_epochs * steps_per_epoch, total_steps)
 
-    torch.manual_seed(params.seed * 1000 + split_id)
+    torch.manual_seed(params.seed * 1000 + split_id)  # same initial weights on every rank
     head = head_spec(method_name, params)
     net = build_model(params.model, spec.in_channels, spec.mean, spec.std, head)
     method = build_method(method_name, params, net, num_samples=n).to(device)
@@ -134,31 +151,48 @@ def pretrain(
         method = method.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(method.parameters(), lr=peak_lr, momentum=p.momentum, weight_decay=p.weight_decay)
     augment = BatchAugment(params.augment, channels=spec.in_channels)
-    gen = torch.Generator(device=device)
-    gen.manual_seed(params.seed * 1000 + split_id + 1)
-    step_fn = torch.compile(method) if p.compile else method
+    gen = torch.Generator(device=device)  # per rank: batches, augmentation, CutMix
+    gen.manual_seed(params.seed * 1000 + split_id + 1 + 100_003 * ctx.rank)
+    shared_gen = torch.Generator(device=device)  # the same on every rank (sbid's negative columns)
+    shared_gen.manual_seed(params.seed * 1000 + split_id + 2)
+    method.shared_generator = shared_gen if ctx.active else None
+    trained = distributed.wrap(method, ctx, device, p.sync_bn)
+    step_fn = torch.compile(trained) if p.compile else trained
 
-    fp = training_fingerprint(params, method_name, split_id, indices)
+    fp = training_fingerprint(params, method_name, split_id, indices, ctx.world_size)
     start_epoch = 0
     history: list[dict] = []  # per-epoch metrics, carried through checkpoints so resumed curves are whole
     state = checkpoint.try_resume(ckpt_path, fp, map_location=device, log=log)
     if state is not None:
         method.load_state_dict(state["method"])
         optimizer.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"].cpu())
-        torch.set_rng_state(state["torch_rng"].cpu())
+        if ctx.active:
+            gen.set_state(state["rank_generators"][ctx.rank].cpu())
+            shared_gen.set_state(state["shared_generator"].cpu())
+            torch.set_rng_state(state["rank_torch_rng"][ctx.rank].cpu())
+        else:
+            gen.set_state(state["generator"].cpu())
+            torch.set_rng_state(state["torch_rng"].cpu())
         start_epoch = int(state["epoch"])
         history = [dict(zip(state["history_keys"], row)) for row in state["history"].tolist()]
         log(f"resuming {method_name} split {split_id} from epoch {start_epoch} ({ckpt_path})")
     else:
-        method.initialise(data, augment, gen, p.batch_size, channels_last)
+        method.initialise(data, augment, gen, local_batch, channels_last, positions if ctx.active else None)
 
     def save_checkpoint(epoch_done: int):
+        extra = {}
+        if ctx.active:  # every rank's random state (a collective: all ranks call it), rank 0 writes
+            extra = {"rank_generators": distributed.all_gather_objects(gen.get_state()),
+                     "rank_torch_rng": distributed.all_gather_objects(torch.get_rng_state()),
+                     "shared_generator": shared_gen.get_state()}
+        if not ctx.is_main:
+            return
         checkpoint.save(ckpt_path, {
             "fingerprint": fp, "epoch": epoch_done, "method": method.state_dict(),
             "optimizer": optimizer.state_dict(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
             "history_keys": list(history[0]) if history else [],
             "history": torch.tensor([list(h.values()) for h in history], dtype=torch.float64),
+            **extra,
         })
 
     from tqdm import tqdm
@@ -166,19 +200,21 @@ def pretrain(
     last_loss, rate = float("nan"), 0.0
     step = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, epochs):
-        method.train()
+        trained.train()
         epoch_metrics = method.on_epoch_start(epoch)
         loss_sum = torch.zeros((), device=device)
         extra_sums: dict[str, torch.Tensor] = {}
         t0 = time.perf_counter()
         bar = tqdm(total=steps_per_epoch, desc=f"{method_name} s{split_id} ep {epoch + 1}/{epochs}",
-                   unit="step", leave=False, disable=None, file=sys.stderr, dynamic_ncols=True)
+                   unit="step", leave=False, disable=None if ctx.is_main else True, file=sys.stderr,
+                   dynamic_ncols=True)
         report_every = max(1, steps_per_epoch // 10)
-        for i, idx in enumerate(epoch_batches(n, p.batch_size, gen, device)):
+        for i, idx in enumerate(islice(epoch_batches(len(positions), local_batch, gen, device), steps_per_epoch)):
             lr = lr_at(step, total_steps, warmup_steps, peak_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss, extras = train_step(step_fn, optimizer, data[idx], idx, augment, gen, channels_last, use_bf16)
+            loss, extras = train_step(step_fn, optimizer, data[idx], positions[idx] if ctx.active else idx, augment,
+                                      gen, channels_last, use_bf16)
             loss_sum += loss
             for key, value in extras.items():
                 extra_sums[key] = extra_sums.get(key, 0) + value
@@ -214,10 +250,11 @@ def pretrain(
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < epochs:
             return PretrainResult(epoch + 1 - start_epoch, start_epoch, last_loss, rate)
 
-    save_encoder(out_path, method, method_name, spec, params, head, fp,
-                 pretrain_run_id=getattr(run, "run_id", ""))
-    if history_path is not None:
-        write_history_csv(history_path, history)
+    if ctx.is_main:
+        save_encoder(out_path, method, method_name, spec, params, head, fp,
+                     pretrain_run_id=getattr(run, "run_id", ""))
+        if history_path is not None:
+            write_history_csv(history_path, history)
     return PretrainResult(epochs - start_epoch, start_epoch, last_loss, rate)
 
 

@@ -2,8 +2,13 @@
 
 Writes models/<method>/split<k>.pt; a resume checkpoint lives in checkpoints/ until
 the run finishes. One MLflow run per (method, split).
+
+Runs unchanged under ``torchrun --nproc_per_node N`` (DistributedDataParallel; rank 0
+writes and tracks); with ``pretrain.nproc > 1`` it launches torchrun itself.
 """
 
+import os
+import sys
 from pathlib import Path
 
 from sdclr.config import as_flat_dict
@@ -13,9 +18,21 @@ from sdclr.io import load_npz
 from sdclr.stage import run_stage
 
 
+def relaunch_under_torchrun(nproc: int) -> None:
+    """Replace this process by ``torchrun --standalone --nproc_per_node nproc`` running this script."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           os.path.abspath(sys.argv[0]), *sys.argv[1:]]
+    print(f"pretrain.nproc = {nproc}: launching {' '.join(cmd[1:])}", flush=True)
+    os.execv(sys.executable, cmd)
+
+
 def main(params, args):
-    from sdclr import tracking
-    from sdclr.train import ModelSpec, pretrain
+    from sdclr import distributed, tracking
+    from sdclr.train import ModelSpec, pretrain, resolve_device
+
+    if params.pretrain.nproc > 1 and not distributed.launched_by_torchrun():
+        relaunch_under_torchrun(params.pretrain.nproc)
+    ctx, _ = distributed.init_from_env(resolve_device(params.device))
 
     dataset = params.data.dataset
     train = load_npz(Path(args.raw_root) / dataset / "train.npz")
@@ -27,13 +44,20 @@ def main(params, args):
     ckpt = Path(args.checkpoint_root) / args.method / f"split{args.split}.ckpt"
     history = Path(args.history_root) / args.method / f"split{args.split}.csv"
 
-    tags = {"dataset": dataset, "method": args.method, "split": args.split, "stage": "pretrain"}
-    with tracking.Run(f"sdclr-{dataset}", f"pretrain-{args.method}-split{args.split}",
-                      as_flat_dict(params), tags) as run:
-        result = pretrain(params, args.method, args.split, images, split["longtail"], spec, out, ckpt,
-                          history_path=history, run=run)
-        run.log_artifact(out, "model")
-        run.set_tags({"resumed_from_epoch": result.resumed_from_epoch})
+    tags = {"dataset": dataset, "method": args.method, "split": args.split, "stage": "pretrain",
+            "world_size": ctx.world_size}
+    try:
+        if not ctx.is_main:  # the other ranks train; rank 0 writes and tracks
+            pretrain(params, args.method, args.split, images, split["longtail"], spec, out, ckpt)
+            return
+        with tracking.Run(f"sdclr-{dataset}", f"pretrain-{args.method}-split{args.split}",
+                          as_flat_dict(params), tags) as run:
+            result = pretrain(params, args.method, args.split, images, split["longtail"], spec, out, ckpt,
+                              history_path=history, run=run)
+            run.log_artifact(out, "model")
+            run.set_tags({"resumed_from_epoch": result.resumed_from_epoch})
+    finally:
+        distributed.shutdown()
     ckpt.unlink(missing_ok=True)  # the final encoder supersedes the resume checkpoint
     print(f"{args.method} split {args.split}: final loss {result.final_loss:.4f}, "
           f"{result.images_per_s:.0f} images/s → {out}")

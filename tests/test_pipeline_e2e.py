@@ -2,7 +2,8 @@
 
 Checks every stage's outputs, the report's tables and figures, and the MLflow runs
 (pretrain and evaluate per method, per-epoch metrics with steps). Then checks that
-`-S prune_ratio=...` re-runs only SDCLR's stages and the report (not SimCLR's or sbid's).
+`-S prune_ratio=...` re-runs only SDCLR's stages and the report (not SimCLR's or sbid's),
+and that a queued sweep run by two workers lands in one MLflow store, one run per experiment.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import math
 import re
 import subprocess
+import time
 
 import pytest
 
@@ -96,3 +98,25 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     assert {0.9, 0.5} <= set(by_ratio), metrics
     assert by_ratio[0.9][2] == by_ratio[0.5][2]  # SimCLR untouched
     assert by_ratio[0.9][1] != by_ratio[0.5][1]  # SDCLR re-trained
+
+    # A queued sweep, run by two workers at once, as the README shows it.
+    dvc(proj, "exp", "run", "--queue", "-S", "prune_ratio=0.3,0.7", env=env)
+    dvc(proj, "queue", "start", "-j", "2", env=env)
+    deadline = time.time() + 900
+    while True:
+        status = dvc(proj, "queue", "status", env=env).stdout
+        if not re.search(r"\b(Queued|Running)\b", status):
+            break
+        assert time.time() < deadline, status
+        time.sleep(3)
+    dvc(proj, "queue", "stop", env=env)  # let idle workers go
+    assert "Failed" not in status, status
+    queued = [r for r in mlflow.search_runs(search_all_experiments=True, output_format="list")
+              if r.info.run_name == "pretrain-sdclr-split0" and r.data.tags.get("dvc_exp_name")
+              and r.data.params["prune_ratio"] in ("0.3", "0.7")]
+    assert sorted(r.data.params["prune_ratio"] for r in queued) == ["0.3", "0.7"], status
+    assert all(r.info.status == "FINISHED" for r in queued)
+    assert len({r.data.tags["dvc_exp_name"] for r in queued}) == 2  # each tagged with its experiment
+    shown = dvc(proj, "exp", "show", "--json", env=env).stdout
+    for r in queued:
+        assert r.data.tags["dvc_exp_name"] in shown

@@ -23,9 +23,17 @@ class Method(nn.Module):
         super().__init__()
         self.net = net
 
+    #: set by the loop under DDP: a generator seeded identically on every rank, for draws that
+    #: must agree across ranks (sbid's negative columns); ``None`` = the step's own generator
+    shared_generator: torch.Generator | None = None
+
     def initialise(self, data: torch.Tensor, augment, generator: torch.Generator, batch_size: int,
-                   channels_last: bool) -> None:
-        """Once before the first epoch (not on resume): e.g. sbid's memory-bank fill pass."""
+                   channels_last: bool, positions: torch.Tensor | None = None) -> None:
+        """Once before the first epoch (not on resume): e.g. sbid's memory-bank fill pass.
+
+        ``data`` is this rank's shard; ``positions`` its rows' indices in the whole training
+        set (``None`` = all of it, in order).
+        """
 
     def on_epoch_start(self, epoch: int) -> dict[str, float]:
         """Per-epoch bookkeeping (e.g. SDCLR's mask refresh); returns metrics to log."""

@@ -16,6 +16,7 @@ import torch
 from torch.nn import functional as F
 
 from sdclr.data.cutmix import cutmix
+from sdclr.distributed import all_reduce_sum, gather, gather_with_grad, is_active, rank_offset
 from sdclr.losses import bank_instance_loss
 from sdclr.memory_bank import MemoryBank
 from sdclr.methods.base import Method
@@ -33,20 +34,25 @@ class SingleBranchID(Method):
         self.bank = MemoryBank(num_samples, sbid_params.proj_dim)
 
     @torch.no_grad()
-    def initialise(self, data, augment, generator, batch_size: int, channels_last: bool) -> None:
+    def initialise(self, data, augment, generator, batch_size: int, channels_last: bool, positions=None) -> None:
         """Fill the bank with one no-grad pass of the untrained network over the augmented set.
 
         Train-mode BN (batch statistics), as in the training steps that follow, so the
-        entries live where the first steps' features will.
+        entries live where the first steps' features will. Under DDP each rank fills its
+        shard's rows and a sum over ranks assembles the same whole bank everywhere.
         """
         was_training = self.training
         self.train()
         n = data.shape[0]
+        if positions is not None:
+            self.bank.weight.zero_()
         for idx in torch.tensor_split(torch.arange(n, device=data.device), max(1, n // batch_size)):
             x = augment(data[idx], generator)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            self.bank.fill(idx, self.net(x).float())
+            self.bank.fill(idx if positions is None else positions[idx], self.net(x).float())
+        if positions is not None:
+            all_reduce_sum(self.bank.weight)
         self.train(was_training)
 
     def forward(self, images, indices, augment, generator, channels_last):
@@ -58,12 +64,21 @@ class SingleBranchID(Method):
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         z_hat = F.normalize(self.net(x).float(), dim=1)
+        b = len(indices)
+        partner_pos = torch.arange(b, device=indices.device) if perm is None else perm
+        if is_active():
+            # DDP: every rank computes the same loss over the global batch and applies the same
+            # bank update, so the banks stay identical without broadcasting them.
+            z_hat = gather_with_grad(z_hat)
+            partner_pos = gather(partner_pos + rank_offset(b))
+            lam = gather(torch.full((b,), lam, device=indices.device))  # CutMix draws are per rank
+            indices = gather(indices)
 
-        columns = self.bank.candidates(indices, self.negatives, generator)
+        columns = self.bank.candidates(indices, self.negatives, self.shared_generator or generator)
         # Where each row's target sits among the logits' columns: the bank index itself for
         # the full softmax, else position i (own entries come first).
         own = indices if columns is None else torch.arange(len(indices), device=indices.device)
-        partner = own if perm is None else own[perm]
+        partner = own[partner_pos]
         loss, residual, entropy_p, entropy_q = bank_instance_loss(
             z_hat, self.bank.rows(columns), own, partner, lam, cfg.temperature, cfg.self_distill_weight)
 

@@ -8,9 +8,10 @@ reach the shared weights (masked positions get none from the pruned branch).
 
 from __future__ import annotations
 
+from sdclr.distributed import check_identical, gather_with_grad
 from sdclr.losses import nt_xent
 from sdclr.methods.base import Method
-from sdclr.pruning import mask_sparsity, update_global_masks
+from sdclr.pruning import mask_fingerprint, mask_sparsity, update_global_masks
 
 
 class SDCLR(Method):
@@ -23,10 +24,12 @@ class SDCLR(Method):
 
     def on_epoch_start(self, epoch):
         update_global_masks(self.net, self.prune_ratio)
+        check_identical("SDCLR's pruning mask", mask_fingerprint(self.net))  # DDP: every rank, same mask
         return {"mask_sparsity": mask_sparsity(self.net)["overall"]}
 
     def forward(self, images, indices, augment, generator, channels_last):
         x1, x2 = self._views(images, augment, generator, channels_last)
         z1 = self.net(x1, branch=0)
         z2 = self.net(x2, branch=1)
-        return nt_xent(z1, z2, self.temperature), {}
+        # Under DDP: the global batch's features from every rank (identity in one process).
+        return nt_xent(gather_with_grad(z1), gather_with_grad(z2), self.temperature), {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from sdclr.distributed import gather_with_grad
 from sdclr.losses import nt_xent
 from sdclr.methods.base import Method
 
@@ -20,4 +21,5 @@ class SimCLR(Method):
         # One forward over both views: BN statistics see the whole 2N batch, as in SimCLR.
         z = self.net(torch.cat([x1, x2]), branch=0)
         z1, z2 = z.chunk(2)
-        return nt_xent(z1, z2, self.temperature), {}
+        # Under DDP: the global batch's features from every rank (identity in one process).
+        return nt_xent(gather_with_grad(z1), gather_with_grad(z2), self.temperature), {}

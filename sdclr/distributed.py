@@ -1,0 +1,153 @@
+"""Multi-process training with PyTorch's own engine (torchrun + DistributedDataParallel).
+
+Single-process runs never touch ``torch.distributed``: every helper here is the identity
+when the process group is not initialised, so the same method code runs both ways.
+
+Under DDP the global batch (``pretrain.batch_size``) is split evenly over the ranks and
+every rank computes the *same* global loss from features gathered from all ranks
+(:func:`gather_with_grad`): NT-Xent sees all 2·B negatives, sbid's bank sees every row of
+the global batch. The gather's backward sums each rank's gradient contributions, so with
+DDP's gradient averaging the parameter gradient equals the single-process gradient of
+that global loss (``tests/test_distributed.py`` checks it on two CPU processes).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from sdclr.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Context:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_from_env(device: torch.device) -> tuple[Context, torch.device]:
+    """Join the process group torchrun set up (NCCL on CUDA, gloo on CPU); else a 1-process context.
+
+    On CUDA each rank takes ``cuda:LOCAL_RANK``.
+    """
+    if not launched_by_torchrun():
+        return Context(), device
+    ctx = Context(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+    if device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return ctx, device
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward all-reduces (sums) the gradient and keeps this rank's slice.
+
+    Written with all_reduce only, which every backend (gloo included) supports.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rank, ctx.rows = dist.get_rank(), x.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Rows of ``x`` from every rank, rank-major, differentiable (identity in one process)."""
+    return _GatherWithGrad.apply(x) if is_active() else x
+
+
+@torch.no_grad()
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """Rows of ``x`` from every rank, rank-major, without gradient (identity in one process)."""
+    if not is_active():
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    if is_active():
+        dist.all_reduce(x)
+    return x
+
+
+def rank_offset(rows: int) -> int:
+    """Where this rank's ``rows`` rows start in a :func:`gather`-ed tensor."""
+    return dist.get_rank() * rows if is_active() else 0
+
+
+def all_gather_objects(obj) -> list:
+    if not is_active():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def check_identical(name: str, value: torch.Tensor) -> None:
+    """Fail loudly when a quantity that must agree across ranks (e.g. SDCLR's masks) does not."""
+    if not is_active():
+        return
+    values = gather(value.detach().double().reshape(1, -1))
+    if not torch.equal(values, values[:1].expand_as(values)):
+        from sdclr.errors import TrainingError
+
+        raise TrainingError(f"{name} differs across ranks ({values.flatten().tolist()}); the ranks' weights have "
+                            "diverged — re-run, and report it if it happens again.")
+
+
+def wrap(method: torch.nn.Module, ctx: Context, device: torch.device, sync_bn: bool) -> torch.nn.Module:
+    """DistributedDataParallel around ``method`` (unchanged in one process).
+
+    Buffers are not broadcast each step: masks and the sbid bank are updated identically on
+    every rank (checked), and BN running statistics stay per rank unless ``sync_bn`` (CUDA).
+    Unused parameters exist by design (the pruned branch's BN set outside SDCLR).
+    """
+    if not ctx.active:
+        return method
+    if sync_bn:
+        if device.type != "cuda":
+            raise ConfigError("params.yaml: pretrain.sync_bn = true needs CUDA (PyTorch's SyncBatchNorm has no CPU "
+                              "kernel); accepted on this machine: false.")
+        method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None,
+                                   broadcast_buffers=False, find_unused_parameters=True)

@@ -1,0 +1,88 @@
+"""One training step of a method, run either under torchrun (DDP) or in one process.
+
+Used by ``tests/test_distributed.py``: ``torchrun --nproc_per_node 2 tests/ddp_step.py
+PARAMS.json OUT.pt`` and ``python tests/ddp_step.py PARAMS.json OUT.pt`` must give the
+same loss, the same gradients (on every rank) and the same sbid bank afterwards.
+
+The network runs in eval mode (BatchNorm from running statistics), so each image's
+features do not depend on how the global batch is split over ranks; the 'augmentation'
+is deterministic per image (view 1 as is, view 2 flipped), for the same reason.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sdclr import distributed  # noqa: E402
+from sdclr.config import parse_params  # noqa: E402
+from sdclr.methods import build_method, head_spec  # noqa: E402
+from sdclr.models import build_model  # noqa: E402
+from sdclr.pruning import mask_fingerprint  # noqa: E402
+
+GLOBAL_BATCH, BANK = 16, 40
+
+
+class FlipEveryOtherView:
+    """Call 1 → the images, call 2 → flipped, call 3 → as is, ... (per image, batch-split independent)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, images, generator):
+        self.calls += 1
+        x = images.float() / 255
+        return x.flip(-1) if self.calls % 2 == 0 else x
+
+
+def main(params_json: str, out: str) -> None:
+    raw = json.loads(Path(params_json).read_text())
+    method_name = raw.pop("method_under_test")
+    params = parse_params(raw)
+    ctx, device = distributed.init_from_env(torch.device("cpu"))
+
+    torch.manual_seed(0)
+    net = build_model(params.model, 1, [0.5], [0.25], head_spec(method_name, params))
+    method = build_method(method_name, params, net, num_samples=BANK)
+    shared = torch.Generator().manual_seed(7)
+    method.shared_generator = shared
+    if method_name == "sbid":  # a fixed bank (the fill pass depends on BN batches): same on every rank
+        g = torch.Generator().manual_seed(3)
+        method.bank.weight.copy_(torch.nn.functional.normalize(torch.randn(BANK, method.bank.weight.shape[1],
+                                                                            generator=g), dim=1))
+    method.on_epoch_start(0)  # SDCLR: masks (checked identical across ranks inside)
+    trained = distributed.wrap(method, ctx, device, sync_bn=False)
+    trained.eval()
+
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (GLOBAL_BATCH, 1, 12, 12), dtype=torch.uint8, generator=g)
+    indices = torch.randperm(BANK, generator=g)[:GLOBAL_BATCH]
+    rows = GLOBAL_BATCH // ctx.world_size
+    mine = slice(ctx.rank * rows, (ctx.rank + 1) * rows)  # rank-major, the order gathers use
+    loss, _ = trained(images[mine], indices[mine], FlipEveryOtherView(), torch.Generator().manual_seed(5), False)
+    loss.backward()
+
+    grads = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
+                       for p in method.parameters()])
+    result = {
+        "loss": loss.detach(),
+        "grads": distributed.gather(grads[None]),  # one row per rank
+        "world_size": torch.tensor(ctx.world_size),
+    }
+    if method_name == "sdclr":
+        result["masks"] = distributed.gather(mask_fingerprint(method.net)[None])
+    if method_name == "sbid":
+        result["bank"] = distributed.gather(method.bank.weight[None])
+    if ctx.is_main:
+        torch.save(result, out)
+    distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
