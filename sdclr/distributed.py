@@ -41,6 +41,18 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def _die_with_parent() -> None:
+    """Linux: get SIGKILL when the torchrun agent dies (torchrun starts workers in their own
+    sessions, so killing the agent — e.g. ``kill -9`` of the stage — would orphan them)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def init_from_env(device: torch.device) -> tuple[Context, torch.device]:
     """Join the process group torchrun set up (NCCL on CUDA, gloo on CPU); else a 1-process context.
 
@@ -53,6 +65,7 @@ def init_from_env(device: torch.device) -> tuple[Context, torch.device]:
         device = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
+        _die_with_parent()
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return ctx, device
 
@@ -136,8 +149,9 @@ def check_identical(name: str, value: torch.Tensor) -> None:
 def wrap(method: torch.nn.Module, ctx: Context, device: torch.device, sync_bn: bool) -> torch.nn.Module:
     """DistributedDataParallel around ``method`` (unchanged in one process).
 
-    Buffers are not broadcast each step: masks and the sbid bank are updated identically on
-    every rank (checked), and BN running statistics stay per rank unless ``sync_bn`` (CUDA).
+    Buffers are synced once at construction, not every step: masks and the sbid bank are
+    updated identically on every rank (checked), and BN running statistics stay per rank
+    unless ``sync_bn`` (CUDA).
     Unused parameters exist by design (the pruned branch's BN set outside SDCLR).
     """
     if not ctx.active:
@@ -150,4 +164,4 @@ def wrap(method: torch.nn.Module, ctx: Context, device: torch.device, sync_bn: b
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None,
-                                   broadcast_buffers=False, find_unused_parameters=True)
+                                   forward_sync_buffers=False, find_unused_parameters=True)
