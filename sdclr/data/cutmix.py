@@ -34,12 +34,3 @@ def cutmix(images: torch.Tensor, alpha: float, generator: torch.Generator):
     lam = 1.0 - (bottom - top) * (right - left) / (h * w)
     return mixed, perm, lam
 
-
-def mixed_targets(perm: torch.Tensor, lam: float, num_columns: int) -> torch.Tensor:
-    """Soft targets over logits whose first B columns are the batch's own entries."""
-    n = len(perm)
-    t = torch.zeros(n, num_columns, device=perm.device)
-    rows = torch.arange(n, device=perm.device)
-    t[rows, rows] += lam
-    t[rows, perm] += 1.0 - lam
-    return t
