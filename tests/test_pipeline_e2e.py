@@ -15,6 +15,7 @@ import subprocess
 import time
 
 import pytest
+import yaml
 
 from tests.conftest import FASHION_SYSTEM_DIR
 from tests.dvc_project import dvc, make_project, project_env
@@ -73,7 +74,9 @@ def test_tiny_pipeline_end_to_end(tmp_path):
         assert ev.data.tags["pretrain_run_id"] == run.info.run_id
     assert "mask_sparsity" in by_name["pretrain-sdclr-split0"].data.metrics
     sbid = by_name["pretrain-sbid-split0"].data
-    assert sbid.params["sbid.bank_update"] == "gradient" and sbid.params["sbid.negatives"] == "all"
+    wanted = yaml.safe_load((proj / "params.yaml").read_text())["sbid"]
+    assert sbid.params["sbid.bank_update"] == wanted["bank_update"]
+    assert sbid.params["sbid.negatives"] == str(wanted["negatives"])
     entries = json.loads((proj / "data/splits/fashion_mnist/summary.json").read_text())["splits"][0]["longtail_total"]
     assert 0 < sbid.metrics["entropy"] <= math.log(entries) + 1e-6  # mean entropy of p ≤ log(#bank entries)
     assert "report" in by_name
