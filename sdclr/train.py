@@ -213,7 +213,7 @@ def pretrain(
             lr = lr_at(step, total_steps, warmup_steps, peak_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss, extras = train_step(step_fn, optimizer, data[idx], positions[idx] if ctx.active else idx, augment,
+            loss, extras = train_step(step_fn, optimizer, data[idx], positions[idx], augment,
                                       gen, channels_last, use_bf16)
             loss_sum += loss
             for key, value in extras.items():
