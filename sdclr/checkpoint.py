@@ -9,13 +9,14 @@ reads it.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from sdclr.io import atomic_path
+from sdclr.io import write_bytes
 
 
 def fingerprint(obj: Any) -> str:
@@ -24,8 +25,10 @@ def fingerprint(obj: Any) -> str:
 
 
 def save(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """Write ``state`` atomically; the same state always gives the same bytes."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_bytes(path, buffer.getvalue())
 
 
 def load(path: Path, map_location) -> dict:

@@ -94,7 +94,15 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+    return _file_digest(path, hashlib.sha256(), chunk)
+
+
+def md5_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """The md5 DVC records for a file in dvc.lock (what links a model file to its MLflow run)."""
+    return _file_digest(path, hashlib.md5(), chunk)
+
+
+def _file_digest(path, h, chunk: int) -> str:
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)

@@ -33,11 +33,14 @@ def plot_class_counts(summary: dict, path: Path) -> None:
         if len(counts) <= 20:
             ax.set_xticks(range(len(counts)))
             ax.set_xticklabels([summary["class_names"][c] for c in sorted(rank_of, key=rank_of.get)], rotation=60, ha="right", fontsize=7)
-        for g, col in colors.items():
-            ax.bar([], [], color=col, label=g)
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=col, label=g) for g, col in colors.items()]  # the bars' own colours
+    handles += axes[0][0].get_legend_handles_labels()[0]
     axes[0][0].set_ylabel("images (log scale)")
-    axes[0][-1].legend(fontsize=7)
     fig.suptitle(f"Long-tail subsets, imbalance ratio {summary['imbalance_ratio']:g}")
-    fig.tight_layout()
+    fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, 0.93))
+    fig.tight_layout(rect=(0, 0, 1, 0.88))
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -6,6 +6,12 @@ optional ``torch.compile``. The data is on the device and augmented there. A NaN
 loss stops the run with :class:`TrainingError` and leaves the last good checkpoint in
 place; checkpoints are written atomically every ``checkpoint_every`` epochs and resumed
 from only when their fingerprint matches.
+
+What the run writes is a function of the params and the data only (on a given machine):
+the encoder file and the per-epoch history hold no run id, time or speed, so a re-run of
+the same commit gives the same bytes. Wall-clock time and images/s go to MLflow and to
+:class:`PretrainResult`, which the stage records in the machine-dependent
+``reports/cost.json``.
 """
 
 from __future__ import annotations
@@ -66,7 +72,8 @@ class PretrainResult:
     epochs_run: int
     resumed_from_epoch: int
     final_loss: float
-    images_per_s: float
+    images_per_s: float  # of the last epoch
+    seconds: float  # summed over the epochs run by this launch (set-up and bank fill excluded)
 
 
 @dataclass
@@ -197,7 +204,7 @@ def pretrain(
 
     from tqdm import tqdm
 
-    last_loss, rate = float("nan"), 0.0
+    last_loss, rate, train_seconds = float("nan"), 0.0, 0.0
     step = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, epochs):
         trained.train()
@@ -235,27 +242,26 @@ def pretrain(
         if on_cuda:
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
+        train_seconds += seconds
         last_loss = loss_sum.item() / steps_per_epoch
         rate = steps_per_epoch * p.batch_size / seconds
         epoch_metrics.update({k: v.item() / steps_per_epoch for k, v in extra_sums.items()})
-        metrics = {"loss": last_loss, "lr": lr, "temperature": method.temperature, "images_per_s": rate,
-                   "epoch_seconds": seconds, **epoch_metrics}
-        history.append({"epoch": epoch + 1, **metrics})
+        metrics = {"loss": last_loss, "lr": lr, "temperature": method.temperature, **epoch_metrics}
+        history.append({"epoch": epoch + 1, **metrics})  # deterministic values only: the history is an output
         log(f"{method_name} split {split_id} epoch {epoch + 1}/{epochs}: loss {last_loss:.4f}, "
             f"lr {lr:.4f}, {rate:.0f} images/s" + "".join(f", {k} {v:.4f}" for k, v in epoch_metrics.items()))
         if run is not None:
-            run.log_metrics(metrics, step=epoch + 1)
+            run.log_metrics({**metrics, "images_per_s": rate, "epoch_seconds": seconds}, step=epoch + 1)
         if (epoch + 1) % p.checkpoint_every == 0 or epoch + 1 == epochs:
             save_checkpoint(epoch + 1)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < epochs:
-            return PretrainResult(epoch + 1 - start_epoch, start_epoch, last_loss, rate)
+            return PretrainResult(epoch + 1 - start_epoch, start_epoch, last_loss, rate, train_seconds)
 
     if ctx.is_main:
-        save_encoder(out_path, method, method_name, spec, params, head, fp,
-                     pretrain_run_id=getattr(run, "run_id", ""))
+        save_encoder(out_path, method, method_name, spec, params, head, fp)
         if history_path is not None:
             write_history_csv(history_path, history)
-    return PretrainResult(epochs - start_epoch, start_epoch, last_loss, rate)
+    return PretrainResult(epochs - start_epoch, start_epoch, last_loss, rate, train_seconds)
 
 
 def write_history_csv(path: Path, history: list[dict]) -> None:
@@ -267,9 +273,12 @@ def write_history_csv(path: Path, history: list[dict]) -> None:
     write_bytes(path, ("\n".join(lines) + "\n").encode())
 
 
-def save_encoder(path: Path, method, method_name: str, spec: ModelSpec, params: Params, head, fp: str,
-                 pretrain_run_id: str = "") -> None:
-    """The trained network (masks included), what is needed to rebuild it, and its MLflow run."""
+def save_encoder(path: Path, method, method_name: str, spec: ModelSpec, params: Params, head, fp: str) -> None:
+    """The trained network (masks included) and what is needed to rebuild it.
+
+    No run id or time: the file is a DVC output whose hash must only change with the weights
+    (MLflow finds the pretraining run from this file's md5, the run's ``model_md5`` tag).
+    """
     net_state = {k: v.detach().cpu().contiguous() for k, v in method.net.state_dict().items()}
     checkpoint.save(path, {
         "method": method_name,
@@ -278,7 +287,6 @@ def save_encoder(path: Path, method, method_name: str, spec: ModelSpec, params: 
         "spec": asdict(spec),
         "model": asdict(params.model),
         "head": asdict(head),
-        "pretrain_run_id": pretrain_run_id,
     })
 
 

@@ -1,7 +1,8 @@
 """Stage `pretrain`: train one method on one long-tail split without labels.
 
 Writes models/<method>/split<k>.pt; a resume checkpoint lives in checkpoints/ until
-the run finishes. One MLflow run per (method, split).
+the run finishes. One MLflow run per (method, split), tagged with the model file's md5;
+the time it took goes to MLflow and reports/cost.json (machine-dependent, not a DVC output).
 
 Runs unchanged under ``torchrun --nproc_per_node N`` (DistributedDataParallel; rank 0
 writes and tracks); with ``pretrain.nproc > 1`` it launches torchrun itself.
@@ -14,7 +15,7 @@ from pathlib import Path
 from sdclr.config import as_flat_dict
 from sdclr.data.device_data import channel_stats
 from sdclr.data.longtail import load_split
-from sdclr.io import load_npz
+from sdclr.io import load_npz, md5_file
 from sdclr.stage import run_stage
 
 
@@ -27,12 +28,12 @@ def relaunch_under_torchrun(nproc: int) -> None:
 
 
 def main(params, args):
-    from sdclr import distributed, tracking
+    from sdclr import cost, distributed, tracking
     from sdclr.train import ModelSpec, pretrain, resolve_device
 
     if params.pretrain.nproc > 1 and not distributed.launched_by_torchrun():
         relaunch_under_torchrun(params.pretrain.nproc)
-    ctx, _ = distributed.init_from_env(resolve_device(params.device))
+    ctx, device = distributed.init_from_env(resolve_device(params.device))
 
     dataset = params.data.dataset
     train = load_npz(Path(args.raw_root) / dataset / "train.npz")
@@ -55,7 +56,12 @@ def main(params, args):
             result = pretrain(params, args.method, args.split, images, split["longtail"], spec, out, ckpt,
                               history_path=history, run=run)
             run.log_artifact(out, "model")
-            run.set_tags({"resumed_from_epoch": result.resumed_from_epoch})
+            run.set_tags({"resumed_from_epoch": result.resumed_from_epoch, "model_md5": md5_file(out)})
+        cost.record(f"pretrain/{args.method}/split{args.split}", {
+            "seconds": round(result.seconds, 1), "images_per_s": round(result.images_per_s, 1),
+            "epochs": result.epochs_run, "resumed_from_epoch": result.resumed_from_epoch,
+            "device": cost.device_name(device) + (f" x{ctx.world_size}" if ctx.world_size > 1 else "")},
+            Path(args.cost))
     finally:
         distributed.shutdown()
     ckpt.unlink(missing_ok=True)  # the final encoder supersedes the resume checkpoint
@@ -71,6 +77,7 @@ def add_arguments(p):
     p.add_argument("--out-root", default="models")
     p.add_argument("--checkpoint-root", default="checkpoints")
     p.add_argument("--history-root", default="reports/pretrain")
+    p.add_argument("--cost", default="reports/cost.json", help="machine-dependent timings (not a DVC output)")
 
 
 if __name__ == "__main__":

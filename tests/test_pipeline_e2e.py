@@ -1,7 +1,9 @@
 """The whole pipeline through real `dvc repro` on a tiny config, with a temporary MLflow store.
 
 Checks every stage's outputs, the report's tables and figures, and the MLflow runs
-(pretrain and evaluate per method, per-epoch metrics with steps). Then checks that
+(pretrain and evaluate per method, per-epoch metrics with steps). Then that a fresh clone
+of the committed results, reproduced from scratch, gives byte-identical outputs and leaves
+`git status` clean but for the machine-dependent reports/cost.json; that
 `-S prune_ratio=...` re-runs only SDCLR's stages and the report (not SimCLR's or sbid's),
 and that a queued sweep run by two workers lands in one MLflow store, one run per experiment.
 """
@@ -80,11 +82,28 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     entries = json.loads((proj / "data/splits/fashion_mnist/summary.json").read_text())["splits"][0]["longtail_total"]
     assert 0 < sbid.metrics["entropy"] <= math.log(entries) + 1e-6  # mean entropy of p ≤ log(#bank entries)
     assert "report" in by_name
+    cost = json.loads((proj / "reports/cost.json").read_text())
+    assert cost["pretrain/sdclr/split0"]["seconds"] > 0 and cost["evaluate/random/split0"]["seconds"] > 0
+
+    # A fresh clone of the committed results, reproduced from nothing (no data, models or DVC cache):
+    # the same bytes everywhere, and a clean `git status` apart from the machine-dependent cost file.
+    subprocess.run(["git", "add", "-A"], cwd=proj, check=True, env=env)
+    subprocess.run(["git", "commit", "-qm", "baseline results"], cwd=proj, check=True, env=env)
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(proj), str(clone)], check=True, env=env)
+    dvc(clone, "repro", env=project_env(clone, tracking_uri=store))
+    outputs = ["dvc.lock", "reports/metrics.json", "reports/report.md", *(f"models/{m}/split0.pt" for m in METHODS),
+               *(f"reports/pretrain/{m}/split0.csv" for m in METHODS),
+               *(f"reports/metrics/{m}/split0.json" for m in ("random", *METHODS)),
+               *(f"reports/figures/{f}.png" for f in ("group_accuracy", "pretrain_loss", "class_counts"))]
+    differ = [f for f in outputs if (proj / f).read_bytes() != (clone / f).read_bytes()]
+    assert not differ, f"a re-run of the same commit changed: {differ}"
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, check=True, capture_output=True,
+                            text=True).stdout.splitlines()
+    assert status == [" M reports/cost.json"], status
 
     # `dvc exp run -S prune_ratio=...` re-runs SDCLR's stages and the report only, and
     # `dvc exp show` sees the changed metrics.
-    subprocess.run(["git", "add", "-A"], cwd=proj, check=True, env=env)
-    subprocess.run(["git", "commit", "-qm", "baseline results"], cwd=proj, check=True, env=env)
     out = dvc(proj, "exp", "run", "-S", "prune_ratio=0.5", "-n", "prune05", env=env).stdout
     ran = set(re.findall(r"Running stage '([^']+)'", out))
     assert ran == {"pretrain-sdclr@0", "evaluate-sdclr@0", "report"}, out

@@ -1,0 +1,115 @@
+"""Uncertainty and verdicts of the report, on hand-made per-split metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from sdclr.config import parse_params
+from sdclr.report import aggregate, compare, load_metrics, markdown_table, write_report
+from sdclr.stats import AGREES, DISAGREES, INCONCLUSIVE, paired_difference
+
+
+def test_interval_is_student_t_over_the_paired_differences():
+    d = paired_difference({0: 3.0, 1: 4.0, 2: 5.0}, {0: 1.0, 1: 2.0, 2: 2.0})  # differences 2, 2, 3
+    half = 4.302652729911275 * math.sqrt(1 / 3) / math.sqrt(3)  # t(0.975, 2) · s / √n, s = √(1/3)
+    assert d.n == 3 and d.mean == pytest.approx(7 / 3)
+    assert (d.low, d.high) == (pytest.approx(7 / 3 - half), pytest.approx(7 / 3 + half))
+
+
+def test_only_common_splits_are_paired():
+    d = paired_difference({0: 1.0, 1: 2.0, 3: 9.0}, {0: 0.0, 1: 0.0, 2: 5.0})
+    assert d.n == 2 and d.mean == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize("a, b, direction, verdict", [
+    ({0: 80, 1: 82, 2: 81}, {0: 78, 1: 79, 2: 79}, +1, AGREES),         # a > b on every split
+    ({0: 76, 1: 77, 2: 75}, {0: 78, 1: 79, 2: 78}, +1, DISAGREES),      # a < b on every split
+    ({0: 80, 1: 75, 2: 79}, {0: 78, 1: 78, 2: 78}, +1, INCONCLUSIVE),   # interval spans 0
+    ({0: 85}, {0: 70}, +1, INCONCLUSIVE),                              # one split: no interval
+    ({0: 5, 1: 6, 2: 5}, {0: 9, 1: 9, 2: 8}, -1, AGREES),               # a lower, and lower is claimed
+    ({0: 9, 1: 9, 2: 8}, {0: 5, 1: 6, 2: 5}, -1, DISAGREES),
+])
+def test_verdicts(a, b, direction, verdict):
+    assert paired_difference(a, b).verdict(direction) == verdict
+
+
+def test_one_split_has_no_interval():
+    d = paired_difference({0: 85.0}, {0: 70.0})
+    assert (d.n, d.mean, d.low, d.high) == (1, 15.0, None, None)
+
+
+def _metrics(method: str, split: int, acc: float, minor: float = 0.7) -> dict:
+    groups = {"major": acc - 0.05, "moderate": acc, "minor": minor}
+    kind = {"accuracy": acc, "balancedness": 0.05, "groups": groups, "per_class": [acc] * 10}
+    return {"method": method, "split": split, "dataset": "fashion_mnist", "full_shot": kind, "few_shot": kind, "knn": kind}
+
+
+def _write_metrics(root: Path, table: dict[str, list[float]]) -> Path:
+    for method, accs in table.items():
+        for split, acc in enumerate(accs):
+            path = root / method / f"split{split}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(_metrics(method, split, acc)))
+    return root
+
+
+def test_std_is_a_dash_with_one_split_and_sample_std_with_more(tmp_path):
+    one = aggregate(load_metrics(_write_metrics(tmp_path / "one", {"simclr": [0.80]})))
+    assert one["simclr"]["full_shot"]["accuracy_std"] is None
+    assert "| simclr | 80.00 ± — |" in markdown_table(one, "full_shot")
+    three = aggregate(load_metrics(_write_metrics(tmp_path / "three", {"simclr": [0.80, 0.82, 0.84]})))
+    assert three["simclr"]["full_shot"]["accuracy_std"] == pytest.approx(2.0)  # sample std (n − 1)
+    assert "| simclr | 82.00 ± 2.00 |" in markdown_table(three, "full_shot")
+
+
+def test_claims_are_judged_pairwise(tmp_path):
+    df = load_metrics(_write_metrics(tmp_path, {"random": [0.60, 0.61, 0.59], "simclr": [0.80, 0.81, 0.79],
+                                                "sdclr": [0.78, 0.79, 0.775], "sbid": [0.81, 0.79, 0.80]}))
+    rows = {(r["a"], r["b"], r["kind"], r["metric"]): r for r in compare(df)}
+    assert rows[("sdclr", "simclr", "full_shot", "accuracy")]["verdict"] == DISAGREES
+    assert rows[("sbid", "simclr", "knn", "accuracy")]["verdict"] == INCONCLUSIVE
+    assert rows[("simclr", "random", "few_shot", "accuracy")]["verdict"] == AGREES
+    assert rows[("sdclr", "simclr", "full_shot", "balancedness")]["direction"] == -1
+    assert rows[("sdclr", "simclr", "full_shot", "accuracy")]["splits"] == 3
+
+
+def _report(tmp_path: Path, raw_params: dict, dataset: str, table: dict) -> str:
+    raw_params["data"]["dataset"] = dataset
+    params = parse_params(raw_params)
+    splits = tmp_path / "splits"
+    splits.mkdir(parents=True, exist_ok=True)
+    (splits / "class_counts.png").write_bytes(b"png")
+    summary = {"imbalance_ratio": 100, "pool_total": 100, "val_total": 10,
+               "splits": [{"longtail_total": 50, "fewshot_total": 5}]}
+    (splits / "summary.json").write_text(json.dumps(summary))
+    out = tmp_path / "out"
+    write_report(_write_metrics(tmp_path / "metrics", table), tmp_path / "none", splits / "summary.json", params, out, [])
+    return (out / "report.md").read_text()
+
+
+def test_one_split_report_says_so_and_decides_nothing(tmp_path, raw_params):
+    md = _report(tmp_path, raw_params, "fashion_mnist", {"simclr": [0.80], "sdclr": [0.90]})
+    assert "One split: this run measures no uncertainty" in md and "fmnist_gpu" in md
+    assert "**inconclusive (one split)** |" in md and "**agrees** |" not in md
+    assert "Student-t" in md
+    assert "Reference" not in md and "86.44" not in md  # CIFAR-10 numbers never beside Fashion-MNIST
+    assert "images/s" not in md and "reports/cost.json" in md
+
+
+def test_reference_rows_only_for_their_dataset(tmp_path, raw_params):
+    md = _report(tmp_path, raw_params, "cifar10", {"simclr": [0.80, 0.81], "sdclr": [0.82, 0.84]})
+    assert "## Reference: SDCLR paper, CIFAR-10-LT" in md and "86.44 ± 3.12" in md and "55.0" not in md
+    assert "2 splits: every table shows mean ± sample std" in md
+
+
+def test_report_bytes_depend_on_the_metrics_only(tmp_path, raw_params):
+    table = {"random": [0.6, 0.62], "simclr": [0.80, 0.81], "sdclr": [0.82, 0.84]}
+    first = _report(tmp_path / "a", raw_params, "fashion_mnist", table)
+    second = _report(tmp_path / "b", raw_params, "fashion_mnist", table)
+    assert first == second
+    for name in ("metrics.json", "figures/group_accuracy.png"):
+        assert (tmp_path / "a/out" / name).read_bytes() == (tmp_path / "b/out" / name).read_bytes()
