@@ -29,7 +29,13 @@ def device_name(device: torch.device) -> str:
     """A human name of the device that did the work (GPU model, or the CPU and its core count)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+    model = platform.machine()
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"cpu: {model}, {torch.get_num_threads()} threads"
 
 
 def record(key: str, entry: dict, path: Path = COST_PATH) -> None:

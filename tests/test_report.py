@@ -113,3 +113,18 @@ def test_report_bytes_depend_on_the_metrics_only(tmp_path, raw_params):
     assert first == second
     for name in ("metrics.json", "figures/group_accuracy.png"):
         assert (tmp_path / "a/out" / name).read_bytes() == (tmp_path / "b/out" / name).read_bytes()
+
+
+def test_cost_file_collects_entries_and_survives_damage(tmp_path):
+    from sdclr.cost import markdown, record
+
+    path = tmp_path / "reports/cost.json"
+    record("pretrain/simclr/split0", {"seconds": 12.5, "images_per_s": 800.0, "epochs": 6, "device": "cpu"}, path)
+    record("evaluate/simclr/split0", {"seconds": 3.0, "device": "cpu"}, path)
+    table = json.loads(path.read_text())
+    assert list(table) == ["evaluate/simclr/split0", "pretrain/simclr/split0"]
+    assert "| pretrain/simclr/split0 | 12.5 | 800 | 6 | cpu |" in markdown(path)
+    path.write_text("{ not json")
+    record("evaluate/sdclr/split0", {"seconds": 1.0, "device": "cpu"}, path)
+    assert list(json.loads(path.read_text())) == ["evaluate/sdclr/split0"]
+    assert [p.name for p in path.parent.iterdir()] == ["cost.json"]  # no lock or temporary file left behind
