@@ -1,7 +1,9 @@
 """Pretraining throughput and peak memory per method: one JSON line per configuration.
 
-Runs the real training step (``sdclr.train.train_step``: augmentation on the device,
-forward of every branch, backward, SGD) on synthetic uint8 images held on the device.
+Builds each run through the training code itself (``sdclr.train.build``: data on the
+device, model, method, optimizer, precision, memory format, compile) and times its
+``Training.step`` (augmentation on the device, forward of every branch, backward, SGD)
+on synthetic uint8 images, so it can never measure something training does not run.
 Each configuration runs in a fresh subprocess, so peak memory is that configuration's
 own (CUDA: ``torch.cuda.max_memory_allocated``; CPU: the process's peak RSS) and
 ``torch.compile`` caches don't leak between configurations.
@@ -14,8 +16,9 @@ Examples::
     python benchmarks/pretrain_throughput.py --device cuda --width 64 --batch 512 --size 32 \
         --channels 3 --amp bf16 --compile both
 
-"images_per_s" counts source images (each gives two augmented views for simclr/sdclr, one for
-sbid); "epoch_s" is the time of one epoch over ``--train-images`` images at that rate.
+"images_per_s" counts source images; "views_per_s" the augmented views through the encoder
+(two per image for simclr/sdclr, one for sbid); "epoch_s" is the time of one epoch over
+``--train-images`` images at that rate.
 """
 
 from __future__ import annotations
@@ -34,18 +37,20 @@ sys.path.insert(0, str(ROOT))
 
 
 def measure(args) -> dict:
+    """Build the run exactly as training does (``sdclr.train.build``) and time ``Training.step``."""
+    import numpy as np
     import torch
     import yaml
 
     from sdclr.config import parse_params
-    from sdclr.data.augment import BatchAugment
-    from sdclr.methods import build_method, head_spec
-    from sdclr.models import build_model
-    from sdclr.train import resolve_device, train_step
+    from sdclr.methods import METHODS
+    from sdclr.train import ModelSpec, build
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["device"] = args.device
     raw["model"]["width"] = args.width
-    raw["pretrain"]["batch_size"] = args.batch
+    raw["pretrain"].update(batch_size=args.batch, amp=args.amp, channels_last=args.channels_last,
+                           compile=args.compile == "on", nproc=1)
     for item in args.set or []:  # e.g. sbid.negatives=4096
         key, _, value = item.partition("=")
         *parents, leaf = key.split(".")
@@ -54,33 +59,22 @@ def measure(args) -> dict:
             node = node[k]
         node[leaf] = yaml.safe_load(value)
     params = parse_params(raw)
-    device = resolve_device(args.device)
-    on_cuda = device.type == "cuda"
-    channels_last = args.channels_last == "on" or (args.channels_last == "auto" and on_cuda)
-    use_bf16 = args.amp == "bf16"
 
-    torch.manual_seed(0)
-    n = args.batch * 4
-    data = torch.randint(0, 256, (n, args.channels, args.size, args.size), dtype=torch.uint8, device=device)
-    net = build_model(params.model, args.channels, [0.5] * args.channels, [0.25] * args.channels,
-                      head_spec(args.method, params))
-    # sbid's memory bank has one entry per training image: size it like the real run.
-    method = build_method(args.method, params, net, num_samples=max(n, args.train_images)).to(device)
-    if channels_last:
-        method = method.to(memory_format=torch.channels_last)
-    method.train()
-    method.on_epoch_start(0)
-    optimizer = torch.optim.SGD(method.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    augment = BatchAugment(params.augment, channels=args.channels)
-    gen = torch.Generator(device=device)
-    gen.manual_seed(0)
-    step_fn = torch.compile(method) if args.compile == "on" else method
+    # Synthetic uint8 images, as many as the real training subset (sbid's bank has one entry per image).
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (args.train_images, args.size, args.size, args.channels), dtype=np.uint8)
+    spec = ModelSpec(args.channels, [0.5] * args.channels, [0.25] * args.channels)
+    t = build(params, args.method, 0, images, np.arange(args.train_images), spec)
+    device = t.data.device
+    on_cuda = device.type == "cuda"
+    t.step_fn.train()
+    t.method.on_epoch_start(0)
 
     def run(steps: int) -> float:
         loss = torch.zeros((), device=device)
-        for s in range(steps):
-            idx = torch.randperm(n, device=device, generator=gen)[: args.batch]
-            loss += train_step(step_fn, optimizer, data[idx], idx, augment, gen, channels_last, use_bf16)[0]
+        for _ in range(steps):
+            idx = torch.randperm(len(t.positions), device=device, generator=t.gen)[: args.batch]
+            loss += t.step(idx)[0]
         return float(loss)  # one sync at the end
 
     if on_cuda:
@@ -99,13 +93,16 @@ def measure(args) -> dict:
         peak_mb, kind = torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
     else:
         peak_mb, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_peak_rss"
+    cls = METHODS[args.method]
     return {
         "method": args.method, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if on_cuda else "cpu",
         "width": args.width, "batch": args.batch, "size": args.size, "channels": args.channels,
-        "head": asdict(head_spec(args.method, params)), "overrides": args.set or [], "amp": args.amp, "channels_last": channels_last, "compile": args.compile == "on",
+        "head": asdict(cls.head_spec(params)), "overrides": args.set or [], "amp": args.amp,
+        "channels_last": t.method.channels_last, "compile": args.compile == "on",
         "threads": torch.get_num_threads(), "steps": args.steps,
         "images_per_s": round(args.steps * args.batch / seconds, 1),
+        "views_per_s": round(args.steps * args.batch * cls.views_per_image / seconds, 1),
         "ms_per_step": round(1000 * seconds / args.steps, 2),
         "epoch_s": round((args.train_images // args.batch) * seconds / args.steps, 1),
         "warmup_s": round(warmup_s, 2),

@@ -22,7 +22,6 @@ import yaml
 from sdclr.errors import ConfigError
 
 DATASETS = ("fashion_mnist", "cifar10", "cifar100")
-METHODS = ("simclr", "sdclr", "sbid")
 
 # --------------------------------------------------------------------------- checks
 # A check returns None when the value is fine, else the phrase "what is accepted".

@@ -38,7 +38,7 @@ def device_name(device: torch.device) -> str:
     return f"cpu: {model}, {torch.get_num_threads()} threads"
 
 
-def record(key: str, entry: dict, path: Path = COST_PATH) -> None:
+def record(key: str, entry: dict, path: Path) -> None:
     """Set ``path[key] = entry``: read-modify-write under a lock on the folder (no lock file
     to clutter ``git status``), atomic replace."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,7 +55,7 @@ def record(key: str, entry: dict, path: Path = COST_PATH) -> None:
         os.close(folder)
 
 
-def markdown(path: Path = COST_PATH) -> str:
+def markdown(path: Path) -> str:
     if not path.exists():
         return f"{path} does not exist yet: it is written by the pretrain and evaluate stages."
     table = json.loads(path.read_text())

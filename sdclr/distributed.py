@@ -13,13 +13,16 @@ that global loss (``tests/test_distributed.py`` checks it on two CPU processes).
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from sdclr.errors import ConfigError
+from sdclr.errors import ConfigError, TrainingError
 
 
 @dataclass(frozen=True)
@@ -45,12 +48,17 @@ def _die_with_parent() -> None:
     """Linux: get SIGKILL when the torchrun agent dies (torchrun starts workers in their own
     sessions, so killing the agent — e.g. ``kill -9`` of the stage — would orphan them)."""
     try:
-        import ctypes
-        import signal
-
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+def relaunch_under_torchrun(nproc: int) -> None:
+    """Replace this process by ``torchrun --standalone --nproc_per_node nproc`` running the same script."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           os.path.abspath(sys.argv[0]), *sys.argv[1:]]
+    print(f"pretrain.nproc = {nproc}: launching {' '.join(cmd[1:])}", flush=True)
+    os.execv(sys.executable, cmd)
 
 
 def init_from_env(device: torch.device) -> tuple[Context, torch.device]:
@@ -140,8 +148,6 @@ def check_identical(name: str, value: torch.Tensor) -> None:
         return
     values = gather(value.detach().double().reshape(1, -1))
     if not torch.equal(values, values[:1].expand_as(values)):
-        from sdclr.errors import TrainingError
-
         raise TrainingError(f"{name} differs across ranks ({values.flatten().tolist()}); the ranks' weights have "
                             "diverged — re-run, and report it if it happens again.")
 

@@ -1,6 +1,6 @@
 """Frozen-encoder evaluation: features once, linear probes (full- and few-shot), kNN.
 
-Protocol (PAPERS.md): dense branch, dense BN, eval mode. Probes are trained on the
+Protocol (docs/recipes.md): dense branch, dense BN, eval mode. Probes are trained on the
 balanced train pool (full-shot) and on the 1 %-per-class subset S_b (few-shot); the
 epoch is chosen on the validation hold-out and the test set of the official split is
 reported. Two probe protocols (``evaluate.probe.protocol``): ``features`` (the CPU
@@ -59,6 +59,14 @@ def _linear_head(dim: int, num_classes: int, generator: torch.Generator, device=
     return head
 
 
+def _probe_step(head: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+    """One SGD step of a probe's linear head on features ``x`` with labels ``y``."""
+    loss = F.cross_entropy(head(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
 class _BestOnValidation:
     """Model selection shared by both probes: after each epoch, score the head on validation
     (mean per-class accuracy) and keep the test predictions of the best epoch so far; test
@@ -106,10 +114,7 @@ def linear_probe(
         perm = torch.randperm(n, generator=g)
         for start in range(0, n, bs):
             idx = perm[start : start + bs]
-            loss = F.cross_entropy(head(tx[idx]), train_y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            _probe_step(head, opt, tx[idx], train_y[idx])
             sched.step()
         selection.after_epoch(head, epoch + 1)
     return selection.result()
@@ -158,10 +163,7 @@ def authors_probe(
             with torch.no_grad():
                 x = random_crop_flip(data[idx].float().div_(255), pad, g)
                 feats = net.features(x.contiguous(memory_format=torch.channels_last)).float()
-            loss = F.cross_entropy(head(feats), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            _probe_step(head, opt, feats, y[idx])
         sched.step()
         selection.after_epoch(head, epoch + 1)
     return selection.result()
@@ -217,3 +219,13 @@ def evaluate_encoder(net, images_train, labels_train, images_test, labels_test, 
     out["knn"] = {**group_report(per_class_accuracy(pred, labels_test, num_classes), groups),
                   "k": eval_params.knn_k}
     return out
+
+
+def flat_metrics(metrics: dict) -> dict[str, float]:
+    """The headline numbers of :func:`evaluate_encoder`'s result as flat MLflow metric names."""
+    flat = {}
+    for kind in ("full_shot", "few_shot", "knn"):
+        flat[f"{kind}_accuracy"] = metrics[kind]["accuracy"]
+        flat[f"{kind}_balancedness"] = metrics[kind]["balancedness"]
+        flat.update({f"{kind}_{g}": acc for g, acc in metrics[kind]["groups"].items()})
+    return flat

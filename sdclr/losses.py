@@ -34,24 +34,6 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
         return F.cross_entropy(logits, targets)
 
 
-def sqrt_self_distillation(logits: torch.Tensor) -> torch.Tensor:
-    """Cao & Wu (2024)'s sqrt self-distillation term, mean over the batch (weight it by λ outside).
-
-    ``p = softmax(logits)`` at temperature 1; the target ``u = normalize_L1(sqrt(p))`` is a
-    flattened copy of p under stop-gradient; the term is ``KL(p ‖ u) = Σ_k p_k (log p_k − log u_k)``.
-    Since log u = ½ log p − log Σ√p with the normaliser constant under stop-gradient, the
-    gradient is that of ½ Σ p log p: λ/2 times the gradient of the negative entropy of p,
-    i.e. an entropy bonus that spreads mass over rarely-updated bank entries.
-    """
-    dtype = torch.promote_types(logits.dtype, torch.float32)
-    with torch.autocast(device_type=logits.device.type, enabled=False):
-        log_p = F.log_softmax(logits.to(dtype), dim=1)
-        p = log_p.exp()
-        with torch.no_grad():
-            log_u = 0.5 * log_p - torch.logsumexp(0.5 * log_p, dim=1, keepdim=True)
-        return (p * (log_p - log_u)).sum(1).mean()
-
-
 class _BankInstanceLoss(torch.autograd.Function):
     """Forward computes the loss *and* its gradient w.r.t. ẑ in one pass over the B×K logits.
 
@@ -110,7 +92,7 @@ def bank_instance_loss(z_hat: torch.Tensor, bank_rows: torch.Tensor, own: torch.
     Returns ``(loss, y − q, mean H(p), mean H(q))`` with q = softmax(cos/τ): the residual
     drives the gradient-derived bank update, the entropies are logged. Equal in value and
     gradient to the autograd composition of ``F.cross_entropy`` and
-    :func:`sqrt_self_distillation` (``tests/test_losses.py``), but several times cheaper on a
+    the sqrt self-distillation term (``tests/reference_ops.py``, compared in ``tests/test_losses.py``), but several times cheaper on a
     CPU, where these B×K passes cost as much as the encoder.
     """
     dtype = torch.promote_types(z_hat.dtype, torch.float32)

@@ -56,10 +56,6 @@ class MemoryBank(nn.Module):
         """The K×d bank rows behind ``columns`` (the bank itself for ``None``)."""
         return self.weight if columns is None else self.weight[columns]
 
-    def logits(self, z: torch.Tensor, columns: torch.Tensor | None) -> torch.Tensor:
-        """Cosine similarities of normalised ``z`` (B×d) to the bank rows ``columns`` (B×K)."""
-        return F.normalize(z.to(self.weight.dtype), dim=1) @ self.rows(columns).T
-
     @torch.no_grad()
     def momentum_update(self, indices: torch.Tensor, z: torch.Tensor, momentum: float) -> None:
         w = momentum * self.weight[indices] + (1 - momentum) * F.normalize(z.to(self.weight.dtype), dim=1)

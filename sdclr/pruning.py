@@ -73,20 +73,6 @@ def update_global_masks(model: nn.Module, prune_ratio: float) -> float:
 
 
 @torch.no_grad()
-def mask_sparsity(model: nn.Module) -> dict[str, float]:
-    """Fraction of masked (zero) weights: ``"overall"`` plus one entry per conv name.
-
-    For logging only; it syncs with the device once.
-    """
-    named = named_masked_convs(model)
-    zeros = torch.stack([(m.mask == 0).sum() for _, m in named]).tolist()
-    sizes = [m.mask.numel() for _, m in named]
-    out = {"overall": sum(zeros) / sum(sizes)} if sizes else {"overall": 0.0}
-    out.update({name: z / n for (name, _), z, n in zip(named, zeros, sizes)})
-    return out
-
-
-@torch.no_grad()
 def mask_fingerprint(model: nn.Module) -> torch.Tensor:
     """Two exact float64 numbers identifying the masks: kept count and Σ position·mask.
 

@@ -1,7 +1,7 @@
 """Aggregate metrics files into tables, paired verdicts, figures and report.md.
 
 Every number is mean ± sample std (n − 1) over splits; with one split the std is ``—``,
-never 0. Balancedness is reported both ways PAPERS.md describes: the authors' mean over
+never 0. Balancedness is reported both ways docs/recipes.md describes: the authors' mean over
 splits of the per-split group std, and the std of the split-averaged group accuracies.
 Claims (SDCLR over SimCLR, sbid over SimCLR, any method over the untrained encoder) are
 judged by paired differences over splits with a Student-t interval (:mod:`sdclr.stats`).
@@ -13,18 +13,25 @@ of the same commit gives the same bytes; machine timings live in reports/cost.js
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
+from sdclr.config import as_flat_dict
+from sdclr.errors import DataError
+from sdclr.io import write_bytes, write_json
+from sdclr.methods import METHODS, SingleBranchID
+from sdclr.plots import _pyplot
+from sdclr.presets import PRESET_DIR
 from sdclr.stats import CONFIDENCE, paired_difference
 
 KINDS = {"full_shot": "Linear probe, full-shot", "few_shot": "Linear probe, few-shot (1 % per class)", "knn": "kNN"}
 GROUPS = ("major", "moderate", "minor")
-METHOD_ORDER = ("random", "simclr", "sdclr", "sbid")
-TRAINED = ("simclr", "sdclr", "sbid")
+METHOD_ORDER = ("random", *METHODS)
 
 #: Published reference rows, shown only beside results on the same dataset.
 PAPER_REFERENCE = {
@@ -60,7 +67,7 @@ def claims() -> list[Claim]:
     out += [Claim("sdclr", "simclr", k, "minor", +1, sdclr) for k in ("full_shot", "few_shot")]
     out += [Claim("sdclr", "simclr", k, "balancedness", -1, sdclr) for k in ("full_shot", "few_shot")]
     out += [Claim("sbid", "simclr", k, "accuracy", +1, "Cao & Wu 2024") for k in KINDS]
-    out += [Claim(m, "random", k, "accuracy", +1, "pretraining helps") for m in TRAINED for k in KINDS]
+    out += [Claim(m, "random", k, "accuracy", +1, "pretraining helps") for m in METHODS for k in KINDS]
     return out
 
 
@@ -77,8 +84,6 @@ def load_metrics(metrics_root: Path) -> pd.DataFrame:
                 **{g: 100 * r["groups"][g] for g in GROUPS},
             })
     if not rows:
-        from sdclr.errors import DataError
-
         raise DataError(f"no metrics files under {metrics_root}; run the evaluate stages first (`dvc repro`).")
     df = pd.DataFrame(rows)
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
@@ -186,8 +191,6 @@ def _legend_outside(fig, ax, ncol: int) -> None:
 
 def plot_group_bars(agg: dict, path: Path) -> None:
     """Accuracy per group and probe; y zoomed to the data; error bars (± std) only with ≥ 2 splits."""
-    from sdclr.plots import _pyplot
-
     plt = _pyplot()
     methods = _methods(agg)
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), sharey=True)
@@ -217,8 +220,6 @@ def plot_group_bars(agg: dict, path: Path) -> None:
 
 
 def plot_loss_curves(history_root: Path, path: Path) -> bool:
-    from sdclr.plots import _pyplot
-
     files = sorted(Path(history_root).glob("*/split*.csv"))
     if not files:
         return False
@@ -262,11 +263,6 @@ def reference_section(dataset: str) -> list[str]:
 def write_report(metrics_root: Path, history_root: Path, splits_summary: Path, params, out_dir: Path,
                  deviations: list[str]) -> dict:
     """reports/metrics.json, reports/report.md and reports/figures/*.png; returns the aggregate."""
-    import shutil
-
-    from sdclr.config import as_flat_dict
-    from sdclr.io import write_bytes, write_json
-
     df = load_metrics(metrics_root)
     agg = aggregate(df)
     paired = compare(df)
@@ -309,60 +305,74 @@ def write_report(metrics_root: Path, history_root: Path, splits_summary: Path, p
     return agg
 
 
-def deviations(params) -> list[str]:
-    """What this configuration changes from the paper's CIFAR recipe, in words."""
-    p, m = params.pretrain, params.model
+#: params that are not part of a paper's recipe (where the data is, how fast it runs) or that
+#: depend on the dataset's size; the deviations list ignores them
+NOT_RECIPE = {"device", "data.dataset", "data.source_dir", "data.download", "subsample.val_per_class",
+              "subsample.n_max", "pretrain.checkpoint_every", "pretrain.amp", "pretrain.channels_last",
+              "pretrain.compile", "pretrain.nproc", "pretrain.sync_bn", "evaluate.feature_batch_size",
+              "sbid.bank_momentum", "sbid.bank_step"}
+#: the probe's own settings, compared only when ours is the authors' probe too
+AUTHORS_PROBE = {"evaluate.probe.lr", "evaluate.probe.weight_decay", "evaluate.probe.batch_size",
+                 "evaluate.probe.full_shot_milestones", "evaluate.probe.few_shot_milestones"}
+#: how a differing key reads in the report (``{ours}`` / ``{paper}``); others get a generic line
+WORDING = {
+    "model.width": "ResNet-18 base width {ours} instead of {paper}.",
+    "pretrain.epochs": "{ours} pretraining epochs instead of {paper}.",
+    "pretrain.batch_size": "Batch size {ours} instead of {paper}.",
+    "pretrain.temperature": "NT-Xent temperature {ours} instead of {paper}.",
+    "pretrain.lr": "Peak lr {ours} instead of {paper}.",
+    "pretrain.warmup_epochs": "{ours} warm-up epoch(s) instead of {paper}.",
+    "augment.crop_scale": "Random resized crop scale {ours} instead of {paper}.",
+    "augment.interpolation": "{ours} interpolation in the crop instead of {paper}.",
+    "subsample.splits": "{ours} split(s) instead of {paper}.",
+    "evaluate.probe.full_shot_epochs": "Full-shot probe epochs {ours} instead of {paper}.",
+    "evaluate.probe.few_shot_epochs": "Few-shot probe epochs {ours} instead of {paper}.",
+    "sbid.head_hidden": "sbid: head width {ours} instead of {paper}.",
+    "sbid.temperature": "sbid: τ {ours} instead of {paper}.",
+    "sbid.self_distill_weight": "sbid: self-distillation weight λ {ours} instead of {paper}.",
+    "sbid.negatives": "sbid: {ours} random negative bank entries per step instead of the whole bank ({paper}).",
+    "sbid.bank_update": "sbid: the {ours} bank update instead of Cao & Wu's {paper} rule.",
+    "sbid.cutmix": "sbid: CutMix {ours} instead of {paper}.",
+    "sbid.epochs": "sbid: {ours} epochs instead of {paper}.",
+    "sbid.lr": "sbid: peak lr {ours} instead of {paper}.",
+}
+
+
+def recipe_preset(dataset: str) -> str:
+    """The preset that holds the papers' recipe for ``dataset`` (CIFAR-10's for the others)."""
+    return "cifar100_paper" if dataset == "cifar100" else "cifar10_paper"
+
+
+def deviations(params, preset_dir: Path | None = None) -> list[str]:
+    """What params.yaml changes from the papers' recipe, in words: every recipe key of the
+    preset (``presets/cifar10_paper.yaml`` or ``cifar100_paper``) compared with ours, so the
+    recipe has one source. Resolved values are compared (sbid's null epochs/lr = the shared ones)."""
+    name = recipe_preset(params.data.dataset)
+    paper = _flatten(yaml.safe_load(((preset_dir or PRESET_DIR) / f"{name}.yaml").read_text()))
+    ours = as_flat_dict(params)
+    ours["sbid.epochs"], ours["sbid.lr"] = SingleBranchID.schedule(params)
+    ours["subsample.splits"], paper["subsample.splits"] = len(ours["subsample.splits"]), len(paper["subsample.splits"])
     out = []
-    if params.data.dataset == "fashion_mnist":
-        out.append("Dataset: Fashion-MNIST-LT (28×28 grey) instead of CIFAR-10/100-LT; colour jitter and grayscale "
-                   "are skipped for 1-channel images.")
-    if m.width != 64:
-        out.append(f"Backbone width {m.width} instead of 64 (ResNet-18 with {m.width * 8}-d features).")
-    if p.epochs != 2000:
-        out.append(f"{p.epochs} pretraining epochs instead of 2000.")
-    if p.batch_size != 512:
-        out.append(f"Batch size {p.batch_size} instead of 512.")
-    if p.temperature != 0.2:
-        out.append(f"NT-Xent temperature {p.temperature} instead of 0.2.")
-    if p.lr != 0.5 or p.warmup_epochs != 10:
-        out.append(f"Peak lr {p.lr} with {p.warmup_epochs} warm-up epoch(s) instead of lr 0.5 with 10.")
-    a = params.augment
-    if list(a.crop_scale) != [0.1, 1.0] or a.interpolation != "bicubic":
-        out.append(f"Random resized crop scale {list(a.crop_scale)} ({a.interpolation}) instead of [0.1, 1] (bicubic).")
-    if len(params.subsample.splits) != 5:
-        out.append(f"{len(params.subsample.splits)} split(s) instead of 5.")
-    probe = params.evaluate.probe
-    if probe.protocol == "features":
-        out.append("Linear probe on standardised features extracted once without augmentation (SGD, cosine, "
-                   f"lr {probe.lr}), instead of the authors' probe (SGD lr 30 with random crop + flip "
-                   "through the frozen backbone).")
-    elif (probe.lr, probe.batch_size, probe.weight_decay) != (30.0, 128, 0.0) or (
-            probe.full_shot_milestones, probe.few_shot_milestones) != ([10, 20], [40, 60]):
-        out.append(f"The authors' probe with lr {probe.lr}, batch {probe.batch_size}, weight decay "
-                   f"{probe.weight_decay}, milestones {probe.full_shot_milestones} / {probe.few_shot_milestones} "
-                   "instead of lr 30, batch 128, no weight decay, milestones [10, 20] / [40, 60].")
-    if (probe.full_shot_epochs, probe.few_shot_epochs) != (30, 100):
-        out.append(f"Probe epochs {probe.full_shot_epochs} (full-shot) / {probe.few_shot_epochs} (few-shot) "
-                   "instead of 30 / 100.")
-    out += sbid_deviations(params)
+    if params.data.dataset != paper["data.dataset"]:
+        out.append(f"Dataset: {params.data.dataset} instead of {paper['data.dataset']}"
+                   + ("; colour jitter and grayscale are skipped for its 1-channel images." if params.data.dataset == "fashion_mnist" else "."))
+    skip = NOT_RECIPE | (AUTHORS_PROBE if params.evaluate.probe.protocol != "authors" else set())
+    for key, theirs in paper.items():
+        if key in skip or ours[key] == theirs:
+            continue
+        if key == "evaluate.probe.protocol":
+            out.append(f"Linear probe on standardised features extracted once without augmentation (SGD, lr "
+                       f"{params.evaluate.probe.lr}) instead of the authors' probe (lr 30, random crop + flip through "
+                       "the frozen backbone).")
+        else:
+            out.append(WORDING.get(key, "`{key}` = {ours} instead of {paper}.").format(key=key, ours=ours[key], paper=theirs))
     return out
 
 
-def sbid_deviations(params) -> list[str]:
-    """What sbid's settings change from Cao & Wu's recipe (../shared/PAPERS.md)."""
-    s, p = params.sbid, params.pretrain
-    out = []
-    if s.head_hidden != 2048:
-        out.append(f"sbid: head width {s.head_hidden} instead of 2048.")
-    if s.temperature != 0.2 or s.self_distill_weight != 20:
-        out.append(f"sbid: τ {s.temperature}, λ {s.self_distill_weight} instead of τ 0.2, λ 20.")
-    if s.negatives != "all":
-        out.append(f"sbid: {s.negatives} random negative bank entries per step instead of the whole bank.")
-    if s.bank_update != "gradient":
-        out.append("sbid: the classic momentum bank update instead of Cao & Wu's gradient-derived rule.")
-    if not s.cutmix or s.cutmix_alpha != 0.5:
-        out.append("sbid: CutMix off." if not s.cutmix else f"sbid: CutMix α {s.cutmix_alpha} instead of 0.5.")
-    epochs, lr = s.epochs or p.epochs, s.lr or p.lr
-    if (epochs, lr, p.batch_size) != (200, 1.0, 512):
-        out.append(f"sbid: {epochs} epochs at lr {lr}, batch {p.batch_size} instead of 200 epochs at lr 1.0, batch 512.")
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} → {"a.b": 1}."""
+    out = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        out.update(_flatten(value, dotted) if isinstance(value, dict) else {dotted: value})
     return out

@@ -12,8 +12,11 @@ batches (one call per epoch) to keep the SQLite store quick.
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +51,6 @@ _initialised: set[str] = set()
 
 
 def _mlflow():
-    import logging
-
     import mlflow
 
     # Alembic's per-migration INFO lines drown the stage output on first use of a store.
@@ -71,8 +72,6 @@ def init_store(uri: str | None = None) -> None:
     The lock serialises that first connection: one process creates the schema, the others
     wait for it and then find it done. ``python -m sdclr.tracking`` does it ahead of time.
     """
-    import fcntl
-
     import mlflow
 
     uri = uri or tracking_uri()
@@ -139,8 +138,6 @@ class Run:
             self.client.log_batch(self.run_id, params=items[i : i + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        import time
-
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)

@@ -7,7 +7,7 @@ from sdclr.stage import run_stage
 
 
 def main(params, args):
-    out = Path(args.out_root) / params.data.dataset
+    out = args.out
     meta = fetch_dataset(
         params.data.dataset,
         out,
@@ -19,7 +19,7 @@ def main(params, args):
 
 
 def add_arguments(p):
-    p.add_argument("--out-root", default="data/raw", help="parent directory of the dataset folder")
+    p.add_argument("--out", required=True, type=Path, help="the dataset folder, e.g. data/raw/fashion_mnist")
 
 
 if __name__ == "__main__":

@@ -1,34 +1,30 @@
-"""Stage `report`: every metrics file → reports/metrics.json, reports/report.md, reports/figures/."""
+"""Stage `report`: every metrics file → metrics.json, report.md and figures/ under ``--out``."""
 
 from pathlib import Path
 
+from sdclr import tracking
 from sdclr.config import as_flat_dict
+from sdclr.report import deviations, markdown_table, write_report
 from sdclr.stage import run_stage
 
 
 def main(params, args):
-    from sdclr import tracking
-    from sdclr.report import deviations, markdown_table, write_report
-
-    out = Path(args.out_dir)
-    summary = Path(args.splits_root) / params.data.dataset / "summary.json"
-    agg = write_report(Path(args.metrics_root), Path(args.history_root), summary, params, out, deviations(params))
+    agg = write_report(args.metrics, args.history, args.splits / "summary.json", params, args.out, deviations(params))
     tags = {"dataset": params.data.dataset, "stage": "report"}
     with tracking.Run(f"sdclr-{params.data.dataset}", "report", as_flat_dict(params), tags) as run:
         for m, kinds in agg.items():
             run.log_metrics({f"{m}_{k}_accuracy": v["accuracy_mean"] for k, v in kinds.items()}, step=0)
-        run.log_artifact(out / "report.md")
-        run.log_artifact(out / "metrics.json")
-        run.log_artifact(out / "figures", "figures")
+        run.log_artifact(args.out / "report.md")
+        run.log_artifact(args.out / "metrics.json")
+        run.log_artifact(args.out / "figures")
     print(markdown_table(agg, "full_shot"))
-    print(f"→ {out / 'report.md'}")
+    print(f"→ {args.out / 'report.md'}")
 
 
 def add_arguments(p):
-    p.add_argument("--metrics-root", default="reports/metrics")
-    p.add_argument("--history-root", default="reports/pretrain")
-    p.add_argument("--splits-root", default="data/splits")
-    p.add_argument("--out-dir", default="reports")
+    for name, what in (("metrics", "the evaluate stages' metrics folder"), ("history", "the pretraining histories"),
+                       ("splits", "the splits folder (summary.json, class_counts.png)"), ("out", "the reports folder")):
+        p.add_argument(f"--{name}", required=True, type=Path, help=what)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,7 @@ from sdclr.stage import run_stage
 
 
 def main(params, args):
-    raw = Path(args.raw_root) / params.data.dataset
-    out = Path(args.out_root) / params.data.dataset
+    raw, out = args.raw, args.out
     meta = json.loads((raw / "meta.json").read_text())
     labels = load_npz(raw / "train.npz")["labels"]
     pool, val, splits = make_splits(labels, params.subsample, params.seed)
@@ -23,8 +22,8 @@ def main(params, args):
 
 
 def add_arguments(p):
-    p.add_argument("--raw-root", default="data/raw")
-    p.add_argument("--out-root", default="data/splits")
+    p.add_argument("--raw", required=True, type=Path, help="the download stage's dataset folder")
+    p.add_argument("--out", required=True, type=Path, help="the splits folder to write")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from sdclr import distributed  # noqa: E402
 from sdclr.config import parse_params  # noqa: E402
-from sdclr.methods import build_method, head_spec  # noqa: E402
+from sdclr.methods import METHODS  # noqa: E402
 from sdclr.models import build_model  # noqa: E402
 from sdclr.pruning import mask_fingerprint  # noqa: E402
 
@@ -48,11 +48,12 @@ def main(params_json: str, out: str) -> None:
     ctx, device = distributed.init_from_env(torch.device("cpu"))
 
     torch.manual_seed(0)
-    net = build_model(params.model, 1, [0.5], [0.25], head_spec(method_name, params))
-    method = build_method(method_name, params, net, num_samples=BANK)
+    cls = METHODS[method_name]
+    net = build_model(params.model.width, 1, [0.5], [0.25], cls.head_spec(params))
+    method = cls.from_params(params, net, num_samples=BANK).configure(FlipEveryOtherView(), channels_last=False)
     shared = torch.Generator().manual_seed(7)
     method.shared_generator = shared
-    if method_name == "sbid":  # a fixed bank (the fill pass depends on BN batches): same on every rank
+    if hasattr(method, "bank"):  # sbid: a fixed bank (the fill pass depends on BN batches): same on every rank
         g = torch.Generator().manual_seed(3)
         method.bank.weight.copy_(torch.nn.functional.normalize(torch.randn(BANK, method.bank.weight.shape[1],
                                                                             generator=g), dim=1))
@@ -65,7 +66,7 @@ def main(params_json: str, out: str) -> None:
     indices = torch.randperm(BANK, generator=g)[:GLOBAL_BATCH]
     rows = GLOBAL_BATCH // ctx.world_size
     mine = slice(ctx.rank * rows, (ctx.rank + 1) * rows)  # rank-major, the order gathers use
-    loss, _ = trained(images[mine], indices[mine], FlipEveryOtherView(), torch.Generator().manual_seed(5), False)
+    loss, _ = trained(images[mine], indices[mine], torch.Generator().manual_seed(5))
     loss.backward()
 
     grads = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
@@ -75,9 +76,9 @@ def main(params_json: str, out: str) -> None:
         "grads": distributed.gather(grads[None]),  # one row per rank
         "world_size": torch.tensor(ctx.world_size),
     }
-    if method_name == "sdclr":
+    if hasattr(method, "prune_ratio"):  # SDCLR
         result["masks"] = distributed.gather(mask_fingerprint(method.net)[None])
-    if method_name == "sbid":
+    if hasattr(method, "bank"):  # sbid
         result["bank"] = distributed.gather(method.bank.weight[None])
     if ctx.is_main:
         torch.save(result, out)

@@ -91,3 +91,26 @@ def dvc(dest: Path, *args: str, env: dict | None = None, check: bool = True, tim
     if check and result.returncode != 0:
         raise AssertionError(f"dvc {' '.join(args)} failed ({result.returncode}):\n{stdout}\n{stderr}")
     return result
+
+
+def stage_command(dest: Path, stage: str, item: int | None = None) -> list[str]:
+    """The ``cmd`` of ``stage`` in ``dest``'s dvc.yaml, with ``${item}`` and ``${params.key}`` filled in.
+
+    Tests run a stage script exactly as DVC would, without hard-coding its paths twice.
+    """
+    import re
+    import shlex
+
+    spec = yaml.safe_load((dest / "dvc.yaml").read_text())["stages"][stage]
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+
+    def value(match: re.Match) -> str:
+        if match[1] == "item":
+            return str(item)
+        node = params
+        for key in match[1].split("."):
+            node = node[key]
+        return str(node)
+
+    cmd = shlex.split(re.sub(r"\$\{([^}]+)\}", value, spec.get("do", spec)["cmd"]))
+    return [sys.executable if cmd[0] == "python" else cmd[0], *cmd[1:]]

@@ -13,10 +13,7 @@ from torchvision.transforms import InterpolationMode
 from sdclr.config import AugmentParams
 from sdclr.data.augment import (
     BatchAugment,
-    adjust_brightness,
-    adjust_contrast,
     adjust_hue,
-    adjust_saturation,
     color_jitter,
     crop_and_flip,
     crop_flip_affine,
@@ -24,6 +21,7 @@ from sdclr.data.augment import (
     rgb_to_grayscale,
     sample_crop_boxes,
 )
+from tests.reference_ops import adjust_brightness, adjust_contrast, adjust_saturation
 
 PAPER = AugmentParams(crop_scale=(0.1, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_p=0.5, jitter=(0.4, 0.4, 0.4, 0.1),
                       jitter_p=0.8, gray_p=0.2, interpolation="bicubic")

@@ -112,6 +112,18 @@ def test_a_removed_dep_is_named():
     assert not [m for m in missing if not m.startswith("evaluate-random:")]
 
 
+def test_dvc_yaml_has_a_block_per_registered_method_declaring_its_params():
+    from sdclr.methods import METHODS
+
+    stages = _dvc_yaml()["stages"]
+    assert {n.removeprefix("pretrain-") for n in stages if n.startswith("pretrain-")} == set(METHODS)
+    assert {n.removeprefix("evaluate-") for n in stages if n.startswith("evaluate-")} == {*METHODS, "random"}
+    for name, cls in METHODS.items():
+        block = stages[f"pretrain-{name}"]["do"]
+        assert f"--method {name} " in block["cmd"] and f"--method {name} " in stages[f"evaluate-{name}"]["do"]["cmd"]
+        assert set(block["params"]) == set(cls.stage_params()), name
+
+
 # ---- dvc status in a real DVC project ------------------------------------------------------
 
 TINY = {"device": "cpu", "subsample": {"splits": [0]}}
@@ -155,7 +167,7 @@ def test_dvc_status_sees_a_change_in_evaluate_code(tmp_path):
     _edit(proj / "sdclr/models/resnet.py")  # the ResNet: pretraining and every evaluation, random included
     changed = _changed_stages(proj)
     assert {"evaluate-random@0", "evaluate-simclr@0", "pretrain-sdclr@0"} <= changed
-    assert not changed & {"download", "subsample", "report"}
+    assert not changed & {"download", "subsample"}
     dvc(proj, "commit", "-f")
 
     # The negative control: without the models dep, the same edit goes unseen by evaluate-random.

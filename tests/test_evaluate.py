@@ -99,12 +99,10 @@ def test_random_crop_flip_is_per_sample_and_a_true_crop():
 
 def test_authors_probe_learns_through_a_frozen_backbone():
     # Images whose class is their brightness: a frozen random backbone + linear layer separates them.
-    from types import SimpleNamespace
-
-    from sdclr.models import build_model
+    from sdclr.models import HeadSpec, build_model
 
     torch.manual_seed(0)
-    net = build_model(SimpleNamespace(width=8, head_depth=2, head_hidden=16, proj_dim=8), 1, [0.5], [0.25]).eval()
+    net = build_model(8, 1, [0.5], [0.25], HeadSpec(2, 16, 8)).eval()
     rng = np.random.default_rng(0)
 
     def make(n):

@@ -85,7 +85,8 @@ def test_shape_mismatch_is_refused():
 @pytest.mark.parametrize("lam,sd_weight", [(1.0, 20.0), (0.7, 20.0), (0.6, 0.0)])
 def test_fused_bank_loss_matches_the_autograd_composition(lam, sd_weight):
     """The fused sbid loss = CE over bank logits + λ·sqrt term, in value, ∇z and residual (float64)."""
-    from sdclr.losses import bank_instance_loss, sqrt_self_distillation
+    from sdclr.losses import bank_instance_loss
+    from tests.reference_ops import sqrt_self_distillation
 
     g = torch.Generator().manual_seed(4)
     b, k, d, tau = 6, 11, 5, 0.2

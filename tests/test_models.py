@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import copy
-from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
-from sdclr.models import DualBatchNorm, MaskedConv2d, ProjectionHead, ResNet18, SSLNet, build_model
+from sdclr.models import DualBatchNorm, HeadSpec, MaskedConv2d, ProjectionHead, ResNet18, SSLNet, build_model
 
 WIDTH = 8
 
 
 def small_model(in_channels=3, depth=2, seed=0) -> SSLNet:
     torch.manual_seed(seed)
-    mp = SimpleNamespace(width=WIDTH, head_depth=depth, head_hidden=16, proj_dim=8)
-    return build_model(mp, in_channels, [0.5] * in_channels, [0.25] * in_channels)
+    return build_model(WIDTH, in_channels, [0.5] * in_channels, [0.25] * in_channels, HeadSpec(depth, 16, 8))
 
 
 def dual_bns(model):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from sdclr.errors import TrainingError
 from sdclr.io import save_npz
 from sdclr.train import ModelSpec, lr_at, pretrain
 from tests.conftest import balanced_labels
-from tests.dvc_project import make_project, project_env
+from tests.dvc_project import make_project, project_env, stage_command
 
 TINY = {
     "device": "cpu",
@@ -56,8 +55,8 @@ def tiny_project(tmp_path):
     return proj
 
 
-def _pretrain_cmd(method: str) -> list[str]:
-    return [sys.executable, "stages/pretrain.py", "--method", method, "--split", "0"]
+def _pretrain_cmd(method: str, proj: Path) -> list[str]:
+    return stage_command(proj, f"pretrain-{method}", 0)
 
 
 @pytest.mark.parametrize("method", ["sdclr", "sbid"])
@@ -66,7 +65,7 @@ def test_kill_then_rerun_resumes_and_matches_an_uninterrupted_run(tiny_project, 
     env = project_env(tiny_project, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     ckpt = tiny_project / f"checkpoints/{method}/split0.ckpt"
 
-    proc = subprocess.Popen(_pretrain_cmd(method), cwd=tiny_project, env=env,
+    proc = subprocess.Popen(_pretrain_cmd(method, tiny_project), cwd=tiny_project, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
@@ -76,13 +75,13 @@ def test_kill_then_rerun_resumes_and_matches_an_uninterrupted_run(tiny_project, 
     assert ckpt.exists(), "no checkpoint was written before the kill"
     saved = checkpoint.load(ckpt, "cpu")
     killed_at = int(saved["epoch"])
-    if method == "sbid":  # the bank travels in the checkpoint, unit rows, one per training image
+    if "bank.weight" in saved["method"]:  # sbid: the bank travels in the checkpoint, unit rows, one per image
         bank = saved["method"]["bank.weight"]
         torch.testing.assert_close(bank.norm(dim=1), torch.ones(len(bank)))
     assert 1 <= killed_at < 6, f"the process was not killed partway (checkpoint at epoch {killed_at})"
     assert not (tiny_project / f"models/{method}/split0.pt").exists()
 
-    rerun = subprocess.run(_pretrain_cmd(method), cwd=tiny_project, env=env, capture_output=True, text=True)
+    rerun = subprocess.run(_pretrain_cmd(method, tiny_project), cwd=tiny_project, env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert f"resuming {method} split 0 from epoch {killed_at}" in rerun.stdout
     assert not ckpt.exists()  # superseded by the final encoder
@@ -91,7 +90,7 @@ def test_kill_then_rerun_resumes_and_matches_an_uninterrupted_run(tiny_project, 
     assert len(history) == 1 + 6  # header + every epoch, the ones before the kill included
 
     (tiny_project / f"models/{method}/split0.pt").unlink()
-    fresh = subprocess.run(_pretrain_cmd(method), cwd=tiny_project, env=env, capture_output=True, text=True)
+    fresh = subprocess.run(_pretrain_cmd(method, tiny_project), cwd=tiny_project, env=env, capture_output=True, text=True)
     assert fresh.returncode == 0, fresh.stderr
     assert "resuming" not in fresh.stdout
     uninterrupted = checkpoint.load(tiny_project / f"models/{method}/split0.pt", "cpu")["net"]

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import copy
 import io
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-from sdclr.models import build_model
-from sdclr.pruning import mask_sparsity, masked_convs, update_global_masks
+from sdclr.models import HeadSpec, build_model
+from sdclr.pruning import masked_convs, update_global_masks
+from tests.reference_ops import mask_sparsity
 
 
 def small_model(seed=0):
     torch.manual_seed(seed)
-    mp = SimpleNamespace(width=8, head_depth=2, head_hidden=16, proj_dim=8)
-    return build_model(mp, 3, [0.5] * 3, [0.25] * 3)
+    return build_model(8, 3, [0.5] * 3, [0.25] * 3, HeadSpec(2, 16, 8))
 
 
 def total_conv_weights(model):

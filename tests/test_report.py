@@ -128,3 +128,26 @@ def test_cost_file_collects_entries_and_survives_damage(tmp_path):
     record("evaluate/sdclr/split0", {"seconds": 1.0, "device": "cpu"}, path)
     assert list(json.loads(path.read_text())) == ["evaluate/sdclr/split0"]
     assert [p.name for p in path.parent.iterdir()] == ["cost.json"]  # no lock or temporary file left behind
+
+
+def test_deviations_come_from_the_recipe_preset(tmp_path, root):
+    import shutil
+
+    from sdclr.config import load_params
+    from sdclr.presets import apply_preset
+    from sdclr.report import deviations
+
+    default = deviations(load_params(root / "params.yaml"))
+    assert "Batch size 128 instead of 512." in default and "ResNet-18 base width 8 instead of 64." in default
+    assert any(d.startswith("Dataset: fashion_mnist instead of cifar10") for d in default)
+    params_path = tmp_path / "params.yaml"
+    shutil.copy(root / "params.yaml", params_path)
+    apply_preset("cifar10_paper", params_path)
+    assert deviations(load_params(params_path)) == []  # the recipe itself deviates from nothing
+    apply_preset("fmnist_gpu", params_path)
+    assert deviations(load_params(params_path)) == [
+        "Dataset: fashion_mnist instead of cifar10; colour jitter and grayscale are skipped for its 1-channel images.",
+        "200 pretraining epochs instead of 2000.",
+        "Linear probe on standardised features extracted once without augmentation (SGD, lr 0.1) instead of the "
+        "authors' probe (lr 30, random crop + flip through the frozen backbone).",
+    ]

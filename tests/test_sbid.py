@@ -10,9 +10,9 @@ from torch.nn import functional as F
 
 from sdclr.config import parse_params
 from sdclr.errors import ConfigError
-from sdclr.losses import sqrt_self_distillation
-from sdclr.methods import build_method, head_spec, method_params, schedule
+from sdclr.methods import METHODS, SingleBranchID
 from sdclr.models import build_model
+from tests.reference_ops import sqrt_self_distillation
 
 N, B = 40, 8
 
@@ -27,8 +27,8 @@ def _sbid(raw_params, **sbid):
     raw_params["sbid"].update({"head_hidden": 16, "proj_dim": 8, "cutmix": False, **sbid})
     params = parse_params(raw_params)
     torch.manual_seed(0)
-    net = build_model(params.model, 1, [0.5], [0.25], head_spec("sbid", params))
-    return build_method("sbid", params, net, N).train(), params
+    net = build_model(params.model.width, 1, [0.5], [0.25], SingleBranchID.head_spec(params))
+    return SingleBranchID.from_params(params, net, N).configure(_to_float, channels_last=False).train(), params
 
 
 def _data():
@@ -48,7 +48,7 @@ def test_initial_fill_is_one_pass_of_the_untrained_network(raw_params):
     method, _ = _sbid(raw_params)
     data = _data()
     before = method.bank.weight.clone()
-    method.initialise(data, _to_float, torch.Generator(), batch_size=B, channels_last=False)
+    method.initialise(data, torch.Generator(), batch_size=B)
     assert not torch.equal(before, method.bank.weight)
     torch.testing.assert_close(method.bank.weight.norm(dim=1), torch.ones(N))
     with torch.no_grad():  # the same chunk through the same train-mode network gives the same rows
@@ -61,12 +61,12 @@ def test_loss_targets_each_images_own_bank_entry(raw_params, negatives):
     """Same value as cross-entropy toward the own entry + λ·sqrt term, for every column layout."""
     method, params = _sbid(raw_params, negatives=negatives, bank_update="momentum")
     data = _data()
-    method.initialise(data, _to_float, torch.Generator(), B, False)
+    method.initialise(data, torch.Generator(), B)
     idx = torch.tensor([3, 17, 0, 22, 39, 8, 11, 30])
     gen = torch.Generator().manual_seed(5)
     replay = torch.Generator().manual_seed(5)
     bank_before = method.bank.weight.clone()
-    loss, extras = method(data[idx], idx, _to_float, gen, False)
+    loss, extras = method(data[idx], idx, gen)
 
     columns = method.bank.candidates(idx, None if negatives == "all" else negatives, replay)
     cols = torch.arange(N) if columns is None else columns
@@ -86,9 +86,9 @@ def test_momentum_rule_moves_only_the_batch_rows_and_gradient_rule_moves_every_c
     idx = torch.arange(B) + 3  # not one of the fill pass's chunks, whose features would equal the rows already
     for rule, negatives, expected_changed in (("momentum", "all", B), ("gradient", 5, B + 5), ("gradient", "all", N)):
         method, _ = _sbid(raw_params, negatives=negatives, bank_update=rule)
-        method.initialise(data, _to_float, torch.Generator(), B, False)
+        method.initialise(data, torch.Generator(), B)
         before = method.bank.weight.clone()
-        loss, _ = method(data[idx], idx, _to_float, torch.Generator().manual_seed(0), False)
+        loss, _ = method(data[idx], idx, torch.Generator().manual_seed(0))
         loss.backward()  # the in-place bank update after the forward must not break backward
         changed = (method.bank.weight != before).any(1)
         assert int(changed.sum()) == expected_changed, (rule, negatives)
@@ -103,7 +103,7 @@ def test_cutmix_step_runs_and_trains(raw_params):
     method.cfg = dataclasses.replace(method.cfg, cutmix=True)
     data = _data()
     idx = torch.arange(B)
-    loss, _ = method(data[idx], idx, _to_float, torch.Generator().manual_seed(0), False)
+    loss, _ = method(data[idx], idx, torch.Generator().manual_seed(0))
     loss.backward()
     assert torch.isfinite(loss) and method.net.head.linears[0].weight.grad.abs().sum() > 0
 
@@ -111,10 +111,10 @@ def test_cutmix_step_runs_and_trains(raw_params):
 def test_params_schedule_and_fingerprint_inputs(raw_params):
     raw_params["sbid"].update(epochs=3, lr=1.0)
     params = parse_params(raw_params)
-    assert schedule("sbid", params) == (3, 1.0)
-    assert schedule("simclr", params) == (params.pretrain.epochs, params.pretrain.lr)
-    assert method_params("sbid", params)["bank_update"] == params.sbid.bank_update
-    assert head_spec("sbid", params).last_bn is False and head_spec("sdclr", params).last_bn is True
+    assert METHODS["sbid"].schedule(params) == (3, 1.0) and METHODS["sbid"].lr_key(params) == "sbid.lr"
+    assert METHODS["simclr"].schedule(params) == (params.pretrain.epochs, params.pretrain.lr)
+    assert METHODS["sbid"].shaping_params(params)["bank_update"] == params.sbid.bank_update
+    assert METHODS["sbid"].head_spec(params).last_bn is False and METHODS["sdclr"].head_spec(params).last_bn is True
 
 
 @pytest.mark.parametrize("value,ok", [(0, True), (4096, True), ("all", True), (-1, False), ("most", False),

@@ -119,38 +119,18 @@ def crop_and_flip(images: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor,
 
 
 # ------------------------------------------------------------------ colour ops (RGB, float in [0, 1])
-# Each takes per-sample factors of shape (n,) and matches torchvision.transforms.v2.functional
-# for float images, op for op, so the test can compare them one sample at a time.
+# Per-sample factors of shape (n,). Brightness, contrast and saturation run fused in
+# ``_linear_slot``; tests/reference_ops.py has them one by one, as torchvision writes them.
 
 
 def _per_sample(f: torch.Tensor) -> torch.Tensor:
     return f.view(-1, 1, 1, 1)
 
 
-def _blend(a: torch.Tensor, b: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    f = _per_sample(factor)
-    return (a * f + b * (1.0 - f)).clamp_(0.0, 1.0)
-
-
 def rgb_to_grayscale(images: torch.Tensor) -> torch.Tensor:
     """n×3×H×W → n×1×H×W luma with torchvision's weights."""
     r, g, b = images.unbind(1)
     return (r * GRAY_WEIGHTS[0] + g * GRAY_WEIGHTS[1] + b * GRAY_WEIGHTS[2]).unsqueeze(1)
-
-
-def adjust_brightness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Scale towards black: ``clamp(x·f)``."""
-    return (images * _per_sample(factor)).clamp_(0.0, 1.0)
-
-
-def adjust_contrast(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Blend with the image's mean luma (one scalar per sample, as torchvision)."""
-    return _blend(images, rgb_to_grayscale(images).mean(dim=(-3, -2, -1), keepdim=True), factor)
-
-
-def adjust_saturation(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Blend with the per-pixel luma."""
-    return _blend(images, rgb_to_grayscale(images), factor)
 
 
 def _rgb_to_hsv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

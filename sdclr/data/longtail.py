@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from sdclr.errors import ConfigError
+from sdclr.errors import ConfigError, DataError
+from sdclr.io import atomic_dir, load_npz, save_npz, write_json
+from sdclr.plots import plot_class_counts
 
 GROUP_NAMES = ("major", "moderate", "minor")
 
@@ -176,9 +179,6 @@ def split_summary(split: Split, labels: np.ndarray, class_names: list[str]) -> d
 
 def write_splits(out_dir, labels, pool, val, splits, sub, seed, class_names) -> dict:
     """Write index files, summary.json and the class-count figure into ``out_dir`` atomically."""
-    from sdclr.io import atomic_dir, save_npz, write_json
-    from sdclr.plots import plot_class_counts
-
     summary = {
         "seed": seed,
         "num_classes": len(class_names),
@@ -205,11 +205,6 @@ def write_splits(out_dir, labels, pool, val, splits, sub, seed, class_names) -> 
 
 def load_split(splits_dir, split_id: int) -> dict[str, np.ndarray]:
     """Index arrays of one split plus the shared pool and validation indices."""
-    from pathlib import Path
-
-    from sdclr.errors import DataError
-    from sdclr.io import load_npz
-
     splits_dir = Path(splits_dir)
     path = splits_dir / f"split{split_id}.npz"
     if not path.exists():

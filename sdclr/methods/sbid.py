@@ -12,6 +12,8 @@ it travels with the method's ``state_dict`` into resume checkpoints.
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import torch
 from torch.nn import functional as F
 
@@ -20,11 +22,14 @@ from sdclr.distributed import all_reduce_sum, gather, gather_with_grad, is_activ
 from sdclr.losses import bank_instance_loss
 from sdclr.memory_bank import MemoryBank
 from sdclr.methods.base import Method
+from sdclr.models import HeadSpec
 
 
 class SingleBranchID(Method):
     name = "sbid"
     views_per_image = 1
+    temperature_key = "sbid.temperature"
+    own_stage_params = ("model.width", "sbid")  # its head is sbid's own, not model.head_*
 
     def __init__(self, net, sbid_params, num_samples: int):
         super().__init__(net)
@@ -33,8 +38,30 @@ class SingleBranchID(Method):
         self.negatives = None if sbid_params.negatives == "all" else int(sbid_params.negatives)
         self.bank = MemoryBank(num_samples, sbid_params.proj_dim)
 
+    @classmethod
+    def from_params(cls, params, net, num_samples):
+        return cls(net, params.sbid, num_samples)
+
+    @classmethod
+    def head_spec(cls, params):
+        """feat→hidden→BN→ReLU→hidden→BN→ReLU→proj_dim, no last BN (Cao & Wu)."""
+        return HeadSpec(depth=3, hidden=params.sbid.head_hidden, out_dim=params.sbid.proj_dim, last_bn=False)
+
+    @classmethod
+    def schedule(cls, params):
+        """Its own epochs and lr when set (Cao & Wu: 200 epochs at lr 1.0), else the shared ones."""
+        return params.sbid.epochs or params.pretrain.epochs, params.sbid.lr or params.pretrain.lr
+
+    @classmethod
+    def lr_key(cls, params):
+        return "sbid.lr" if params.sbid.lr else "pretrain.lr"
+
+    @classmethod
+    def shaping_params(cls, params):
+        return asdict(params.sbid)
+
     @torch.no_grad()
-    def initialise(self, data, augment, generator, batch_size: int, channels_last: bool, positions=None) -> None:
+    def initialise(self, data, generator, batch_size: int, positions=None) -> None:
         """Fill the bank with one no-grad pass of the untrained network over the augmented set.
 
         Train-mode BN (batch statistics), as in the training steps that follow, so the
@@ -47,22 +74,19 @@ class SingleBranchID(Method):
         if positions is not None:
             self.bank.weight.zero_()
         for idx in torch.tensor_split(torch.arange(n, device=data.device), max(1, n // batch_size)):
-            x = augment(data[idx], generator)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            (x,) = self.views(data[idx], generator)
             self.bank.fill(idx if positions is None else positions[idx], self.net(x).float())
         if positions is not None:
             all_reduce_sum(self.bank.weight)
         self.train(was_training)
 
-    def forward(self, images, indices, augment, generator, channels_last):
+    def forward(self, images, indices, generator):
         cfg = self.cfg
-        x = augment(images, generator)
+        x = self.augment(images, generator)
         perm, lam = None, 1.0
         if cfg.cutmix:
             x, perm, lam = cutmix(x, cfg.cutmix_alpha, generator)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.memory_format(x)
         z_hat = F.normalize(self.net(x).float(), dim=1)
         b = len(indices)
         partner_pos = torch.arange(b, device=indices.device) if perm is None else perm

@@ -1,4 +1,4 @@
-"""SDCLR: view 1 through the dense network, view 2 through its pruned copy.
+"""SDCLR (Jiang et al. 2021): view 1 through the dense network, view 2 through its pruned copy.
 
 The pruned branch shares every weight (``weight * mask``) but has its own BatchNorm
 set. The global magnitude mask is recomputed at the start of each epoch from the
@@ -11,25 +11,35 @@ from __future__ import annotations
 from sdclr.distributed import check_identical, gather_with_grad
 from sdclr.losses import nt_xent
 from sdclr.methods.base import Method
-from sdclr.pruning import mask_fingerprint, mask_sparsity, update_global_masks
+from sdclr.models import DENSE, PRUNED
+from sdclr.pruning import mask_fingerprint, update_global_masks
 
 
 class SDCLR(Method):
     name = "sdclr"
+    own_stage_params = ("model", "prune_ratio")
 
     def __init__(self, net, temperature: float, prune_ratio: float):
         super().__init__(net)
         self.temperature = temperature
         self.prune_ratio = prune_ratio
 
-    def on_epoch_start(self, epoch):
-        update_global_masks(self.net, self.prune_ratio)
-        check_identical("SDCLR's pruning mask", mask_fingerprint(self.net))  # DDP: every rank, same mask
-        return {"mask_sparsity": mask_sparsity(self.net)["overall"]}
+    @classmethod
+    def from_params(cls, params, net, num_samples):
+        return cls(net, params.pretrain.temperature, params.prune_ratio)
 
-    def forward(self, images, indices, augment, generator, channels_last):
-        x1, x2 = self._views(images, augment, generator, channels_last)
-        z1 = self.net(x1, branch=0)
-        z2 = self.net(x2, branch=1)
+    @classmethod
+    def shaping_params(cls, params):
+        return {"prune_ratio": params.prune_ratio}
+
+    def on_epoch_start(self, epoch):
+        sparsity = update_global_masks(self.net, self.prune_ratio)
+        check_identical("SDCLR's pruning mask", mask_fingerprint(self.net))  # DDP: every rank, same mask
+        return {"mask_sparsity": sparsity}
+
+    def forward(self, images, indices, generator):
+        x1, x2 = self.views(images, generator)
+        z1 = self.net(x1, branch=DENSE)
+        z2 = self.net(x2, branch=PRUNED)
         # Under DDP: the global batch's features from every rank (identity in one process).
         return nt_xent(gather_with_grad(z1), gather_with_grad(z2), self.temperature), {}

@@ -81,10 +81,7 @@ class SSLNet(nn.Module):
         return self.backbone(x, DENSE)
 
 
-def build_model(model_params, in_channels: int, mean: Sequence[float], std: Sequence[float],
-                head: HeadSpec | None = None) -> SSLNet:
-    """Backbone from params.yaml's ``model`` section + a head (default: the ``model`` head)."""
-    backbone = ResNet18(in_channels, model_params.width, mean, std)
-    if head is None:
-        head = HeadSpec(model_params.head_depth, model_params.head_hidden, model_params.proj_dim)
+def build_model(width: int, in_channels: int, mean: Sequence[float], std: Sequence[float], head: HeadSpec) -> SSLNet:
+    """A ResNet-18 of base ``width`` and the projection head ``head`` (each method's ``head_spec``)."""
+    backbone = ResNet18(in_channels, width, mean, std)
     return SSLNet(backbone, ProjectionHead(backbone.feature_dim, head.hidden, head.out_dim, head.depth, head.last_bn))
