@@ -121,3 +121,12 @@ def test_authors_probe_learns_through_a_frozen_backbone():
                         weight_decay=0.0, batch_size=32, seed=0, device=torch.device("cpu"))
     assert (res.test_pred == yt).mean() > 0.9
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # the backbone stays frozen
+
+
+def test_knn_votes_are_weighted_by_exp_similarity_over_temperature():
+    # One neighbour of class 0 very close to the query, two of class 1 farther away (k = 3).
+    memory = torch.tensor([[0.99, (1 - 0.99**2) ** 0.5], [0.5, 0.75**0.5], [0.5, -(0.75**0.5)]])
+    labels, query = torch.tensor([0, 1, 1]), torch.tensor([[1.0, 0.0]])
+    # T = 0.1: e^9.9 for class 0 outweighs 2·e^5 for class 1; at T = 1 (no temperature) 2·e^0.5 > e^0.99
+    assert knn_predict(memory, labels, query, num_classes=2, k=3, temperature=0.1).tolist() == [0]
+    assert knn_predict(memory, labels, query, num_classes=2, k=3, temperature=1.0).tolist() == [1]
