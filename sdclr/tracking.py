@@ -103,13 +103,12 @@ def latest_run_id(experiment: str, tags: dict[str, str]) -> str:
     How an evaluation finds the pretraining run of the encoder it reads: by the encoder
     file's md5 (tag ``model_md5``), since the file itself holds no run id.
     """
-    mlflow = _mlflow()
-    exp = mlflow.MlflowClient().get_experiment_by_name(experiment)
+    client = _mlflow().MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return ""
     query = " and ".join([f"tags.{k} = '{v}'" for k, v in tags.items()] + ["attributes.status = 'FINISHED'"])
-    runs = mlflow.MlflowClient().search_runs([exp.experiment_id], query, max_results=1,
-                                             order_by=["attributes.start_time DESC"])
+    runs = client.search_runs([exp.experiment_id], query, max_results=1, order_by=["attributes.start_time DESC"])
     return runs[0].info.run_id if runs else ""
 
 

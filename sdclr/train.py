@@ -117,12 +117,19 @@ class Training:
     lr_key: str
     local_batch: int
     steps_per_epoch: int
-    total_steps: int
     warmup_steps: int
     fingerprint: str
     label: str  # "<method> split <k>", for progress bars and messages
     history: list[dict] = field(default_factory=list)  # per-epoch metrics, carried through checkpoints
     start_epoch: int = 0
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.epochs
+
+    @property
+    def global_batch(self) -> int:
+        return self.local_batch * self.ctx.world_size
 
     def step(self, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One optimisation step on the shard rows ``idx`` (what the benchmark times, too)."""
@@ -166,7 +173,7 @@ def build(params: Params, method_name: str, split_id: int, images: np.ndarray, i
         positions=positions.to(device), gen=gen, shared_gen=shared_gen, ctx=ctx,
         use_bf16=p.amp == "bf16" or (p.amp == "auto" and on_cuda), epochs=epochs, peak_lr=peak_lr,
         lr_key=cls.lr_key(params), local_batch=local_batch, steps_per_epoch=steps_per_epoch,
-        total_steps=steps_per_epoch * epochs, warmup_steps=min(p.warmup_epochs * steps_per_epoch, steps_per_epoch * epochs),
+        warmup_steps=min(p.warmup_epochs, epochs) * steps_per_epoch,
         fingerprint=training_fingerprint(params, cls, split_id, indices, ctx.world_size),
         label=f"{method_name} split {split_id}")
 
@@ -240,7 +247,7 @@ def run_epoch(t: Training, epoch: int, ckpt_path: Path) -> tuple[dict[str, float
                     f"{t.label}: the loss became {running} at epoch {epoch + 1} step {i + 1}; lower {t.lr_key} "
                     f"(now {t.peak_lr}) or raise {t.method.temperature_key} (now {t.method.temperature}) — "
                     f"the last good checkpoint {ckpt_path} is kept.")
-            bar.set_postfix(loss=f"{running:.4f}", img_s=f"{(i + 1) * t.local_batch * t.ctx.world_size / (time.perf_counter() - t0):.0f}")
+            bar.set_postfix(loss=f"{running:.4f}", img_s=f"{(i + 1) * t.global_batch / (time.perf_counter() - t0):.0f}")
             bar.update(i + 1 - bar.n)
     bar.close()
     if t.data.device.type == "cuda":
@@ -248,7 +255,7 @@ def run_epoch(t: Training, epoch: int, ckpt_path: Path) -> tuple[dict[str, float
     seconds = time.perf_counter() - t0
     metrics = {"loss": loss_sum.item() / t.steps_per_epoch, "lr": lr, "temperature": t.method.temperature,
                **metrics, **{k: v.item() / t.steps_per_epoch for k, v in extra_sums.items()}}
-    return metrics, {"images_per_s": t.steps_per_epoch * t.local_batch * t.ctx.world_size / seconds,
+    return metrics, {"images_per_s": t.steps_per_epoch * t.global_batch / seconds,
                      "epoch_seconds": seconds}
 
 
