@@ -21,6 +21,19 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   echo "$want" > "$stamp"
 fi
 
+# dvc.yaml's commands call `python`: .venv/bin/dvc run without activating the venv would give them the
+# system Python (or none), and DVC removes a stage's outputs before running it. The venv's `dvc` therefore
+# puts the venv first on PATH itself (re-written here because pip re-creates it on every install).
+if ! grep -q "sdclr: venv-aware dvc" .venv/bin/dvc 2>/dev/null; then
+  cat > .venv/bin/dvc <<'WRAPPER'
+#!/bin/sh
+# sdclr: venv-aware dvc (written by scripts/setup.sh): the stages' `python` is this venv's, activated or not.
+venv_bin="$(cd "$(dirname "$0")" && pwd)"
+PATH="$venv_bin:$PATH" exec "$venv_bin/python" -m dvc "$@"
+WRAPPER
+  chmod +x .venv/bin/dvc
+fi
+
 if [ ! -d /usr/share/datasets/fashion-mnist ]; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     echo "setup: installing Debian's dataset-fashion-mnist..."

@@ -19,7 +19,7 @@ from typing import Any, Callable, Literal, Optional, Union
 
 import yaml
 
-from sdclr.errors import ConfigError
+from sdclr.errors import ConfigError, ParamError
 
 DATASETS = ("fashion_mnist", "cifar10", "cifar100")
 
@@ -137,8 +137,8 @@ class AugmentParams:
     def __post_init__(self):
         b, c, s, h = self.jitter
         if min(b, c, s) < 0 or not 0 <= h <= 0.5:
-            raise ConfigError(
-                f"params.yaml: augment.jitter = {list(self.jitter)} is out of range; accepted: "
+            raise ParamError(
+                f"augment.jitter = {list(self.jitter)} is out of range; accepted: "
                 "[brightness, contrast, saturation, hue] with the first three >= 0 and hue in [0, 0.5]."
             )
 
@@ -247,7 +247,7 @@ def _coerce(value: Any, tp, key: str) -> Any:
     """Return ``value`` converted to ``tp`` or raise one ConfigError sentence."""
 
     def fail():
-        raise ConfigError(f"params.yaml: {key} = {value!r} has the wrong type; accepted: {_type_name(tp)}.")
+        raise ParamError(f"{key} = {value!r} has the wrong type; accepted: {_type_name(tp)}.")
 
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
@@ -265,8 +265,8 @@ def _coerce(value: Any, tp, key: str) -> Any:
         fail()
     if origin is Literal:
         if value not in typing.get_args(tp) or isinstance(value, bool):
-            raise ConfigError(
-                f"params.yaml: {key} = {value!r} is not a known choice; accepted: {_type_name(tp)}."
+            raise ParamError(
+                f"{key} = {value!r} is not a known choice; accepted: {_type_name(tp)}."
             )
         return value
     if origin is list:
@@ -304,15 +304,15 @@ def _build(cls, raw: dict, prefix: str):
     where = f"`{prefix}`" if prefix else "the top level"
     for k in raw:
         if k not in names:
-            raise ConfigError(
-                f"params.yaml: unknown key {_join(prefix, k)!r} at {where}; accepted keys there: {', '.join(names)}."
+            raise ParamError(
+                f"unknown key {_join(prefix, k)!r} at {where}; accepted keys there: {', '.join(names)}."
             )
     kwargs = {}
     for f in dataclasses.fields(cls):
         key = _join(prefix, f.name)
         if f.name not in raw:
-            raise ConfigError(
-                f"params.yaml: missing key {key!r} ({f.metadata.get('doc') or 'required'}); add it to params.yaml."
+            raise ParamError(
+                f"missing key {key!r} ({f.metadata.get('doc') or 'required'}); add it to the file."
             )
         value = _coerce(raw[f.name], hints[f.name], key)
         check: Optional[Callable] = f.metadata.get("check")
@@ -320,7 +320,7 @@ def _build(cls, raw: dict, prefix: str):
             accepted = check(value)
             if accepted:
                 shown = list(value) if isinstance(value, tuple) else value
-                raise ConfigError(f"params.yaml: {key} = {shown!r} is out of range; accepted: {accepted}.")
+                raise ParamError(f"{key} = {shown!r} is out of range; accepted: {accepted}.")
         kwargs[f.name] = value
     return cls(**kwargs)
 
@@ -329,27 +329,55 @@ def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
 
 
-def parse_params(raw: Any) -> Params:
-    """Validate an already-parsed YAML document."""
-    if not isinstance(raw, dict):
-        raise ConfigError("params.yaml: the file must be a YAML mapping of keys at the top level.")
-    return _build(Params, raw, "")
+def parse_params(raw: Any, source: str | Path = "params.yaml") -> Params:
+    """Validate an already-parsed YAML document; errors name ``source`` as the file."""
+    try:
+        if not isinstance(raw, dict):
+            raise ParamError("the file must be a YAML mapping of keys at the top level.")
+        return _build(Params, raw, "")
+    except ParamError as e:
+        e.params_file = str(source)
+        raise
+
+
+def _yaml_error_line(error: yaml.YAMLError, text: str) -> int | None:
+    """The 1-based line a YAML syntax error is on, as the user sees the file.
+
+    PyYAML's marks are 0-based, and the ``problem_mark`` is where the parser gave up, which
+    for an unclosed bracket, quote or key is the *next* token, often on the next line (or
+    past the end of the file); the ``context_mark`` of such an error is where the broken
+    construct starts. Block-structure contexts ("while parsing a block mapping") mark the
+    start of the enclosing block, so there the problem mark is the right line.
+    """
+    problem = getattr(error, "problem_mark", None)
+    context = getattr(error, "context_mark", None)
+    what = getattr(error, "context", None) or ""
+    mark = context if context is not None and what.startswith(("while scanning", "while parsing a flow")) else problem
+    if mark is None:
+        return None
+    last_line = max(1, len(text.splitlines()))
+    return min(mark.line + 1, last_line)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params.yaml; every problem is one ConfigError sentence."""
+    """Read and validate a params file; every problem is one ConfigError sentence naming it."""
     path = Path(path)
     try:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found; run from the project root or pass --params PATH.") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot be read as a text file ({type(e).__name__}); "
+                          "pass --params PATH of a readable params file.") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}; fix the syntax there.") from None
-    return parse_params(raw)
+        line = _yaml_error_line(e, text)
+        where = f" at line {line}" if line else ""
+        problem = getattr(e, "problem", None)
+        why = f" ({problem})" if problem else ""
+        raise ConfigError(f"{path}: not valid YAML{where}{why}; fix the syntax there.") from None
+    return parse_params(raw, path)
 
 
 def as_flat_dict(params: Params) -> dict[str, Any]:

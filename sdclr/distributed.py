@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from sdclr.errors import ConfigError, TrainingError
+from sdclr.errors import ParamError, TrainingError
 
 
 @dataclass(frozen=True)
@@ -164,8 +164,8 @@ def wrap(method: torch.nn.Module, ctx: Context, device: torch.device, sync_bn: b
         return method
     if sync_bn:
         if device.type != "cuda":
-            raise ConfigError("params.yaml: pretrain.sync_bn = true needs CUDA (PyTorch's SyncBatchNorm has no CPU "
-                              "kernel); accepted on this machine: false.")
+            raise ParamError("pretrain.sync_bn = true needs CUDA (PyTorch's SyncBatchNorm has no CPU "
+                             "kernel); accepted on this machine: false.")
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
     from torch.nn.parallel import DistributedDataParallel
 

@@ -10,7 +10,25 @@ class SdclrError(Exception):
 
 
 class ConfigError(SdclrError):
-    """A value in params.yaml is missing, unknown, of the wrong type or out of range."""
+    """The configuration is wrong: a params file, a preset or a stage's command-line arguments."""
+
+
+class ParamError(ConfigError):
+    """A value in the params file is missing, unknown, of the wrong type or out of range.
+
+    The message names the key, not the file: the file is known only to whoever read it
+    (``load_params``, ``run_stage`` for errors found later, in training), which sets
+    :attr:`params_file`; ``str()`` puts it in front, so the sentence names the file
+    actually read (``params.yaml`` unless ``--params`` named another).
+    """
+
+    def __init__(self, message: str, params_file: str = "params.yaml"):
+        super().__init__(message)
+        self.message = message
+        self.params_file = str(params_file)
+
+    def __str__(self) -> str:
+        return f"{self.params_file}: {self.message}"
 
 
 class DataError(SdclrError):
@@ -19,3 +37,7 @@ class DataError(SdclrError):
 
 class TrainingError(SdclrError):
     """Training cannot go on (for example the loss became NaN or infinite)."""
+
+
+class TrackingError(SdclrError):
+    """The MLflow tracking store cannot be reached or opened."""

@@ -21,6 +21,10 @@ import torch.nn.functional as F
 from sdclr.data.device_data import to_device_uint8
 from sdclr.metrics import group_report, per_class_accuracy
 
+#: the params an evaluate stage reads (dvc.yaml lists them; ``evaluate-random`` adds ``model``,
+#: the architecture of its untrained encoder, which the others read from the encoder file)
+STAGE_PARAMS = ("seed", "device", "data.dataset", "evaluate")
+
 
 @torch.no_grad()
 def extract_features(net, images_nhwc: np.ndarray, device: torch.device, batch_size: int) -> torch.Tensor:

@@ -72,7 +72,7 @@ def apply_preset(name: str, params_path: Path = Path("params.yaml"), preset_dir:
     buf = io.StringIO()
     rt.dump(doc, buf)
     text = buf.getvalue()
-    parse_params(yaml.safe_load(text))  # the merged file must be a valid params.yaml
+    parse_params(yaml.safe_load(text), f"{params_path} with preset {name}")  # the merged file must be valid
     write_bytes(params_path, text.encode())
     return changed
 

@@ -3,11 +3,22 @@
 Every number is mean ± sample std (n − 1) over splits; with one split the std is ``—``,
 never 0. Balancedness is reported both ways docs/recipes.md describes: the authors' mean over
 splits of the per-split group std, and the std of the split-averaged group accuracies.
+Accuracies, balancedness and their differences are fractions in [0, 1] in every file written
+here, as in the evaluate stages' metrics files; only report.md and the figures show %.
 Claims (SDCLR over SimCLR, sbid over SimCLR, any method over the untrained encoder) are
 judged by paired differences over splits with a Student-t interval (:mod:`sdclr.stats`).
 
-Everything written here is a function of the metrics files and params only, so a re-run
-of the same commit gives the same bytes; machine timings live in reports/cost.json.
+Everything written here is a function of the metrics files, histories and params only, so a
+re-run of the same commit gives the same bytes; machine timings live in reports/cost.json.
+
+What the report stage writes under its ``--out`` folder (dvc.yaml declares each):
+
+- ``scores/<method>.json``: a few flat headline numbers per method, the DVC metrics
+  (``dvc metrics show`` prints one row per file, ``dvc exp show`` one column per key);
+- ``summary.json``: the whole aggregate and every paired difference;
+- ``pretrain_loss.csv``: every method's and split's pretraining loss in one long table
+  (method, split, epoch, loss), the data of the one overlaid ``dvc plots show`` loss plot;
+- ``report.md`` and ``figures/*.png``.
 """
 
 from __future__ import annotations
@@ -72,7 +83,7 @@ def claims() -> list[Claim]:
 
 
 def load_metrics(metrics_root: Path) -> pd.DataFrame:
-    """One row per (method, split, kind) with accuracy, group accuracies and balancedness (in %)."""
+    """One row per (method, split, kind) with accuracy, group accuracies and balancedness (fractions)."""
     rows = []
     for path in sorted(Path(metrics_root).glob("*/split*.json")):
         m = json.loads(path.read_text())
@@ -80,8 +91,8 @@ def load_metrics(metrics_root: Path) -> pd.DataFrame:
             r = m[kind]
             rows.append({
                 "method": m["method"], "split": m["split"], "kind": kind,
-                "accuracy": 100 * r["accuracy"], "balancedness": 100 * r["balancedness"],
-                **{g: 100 * r["groups"][g] for g in GROUPS},
+                "accuracy": r["accuracy"], "balancedness": r["balancedness"],
+                **{g: r["groups"][g] for g in GROUPS},
             })
     if not rows:
         raise DataError(f"no metrics files under {metrics_root}; run the evaluate stages first (`dvc repro`).")
@@ -90,20 +101,28 @@ def load_metrics(metrics_root: Path) -> pd.DataFrame:
     return df.sort_values(["kind", "method", "split"], key=lambda s: s.map(order) if s.name == "method" else s)
 
 
+#: decimals kept for fractions in the JSON files (1e-5 = 0.001 accuracy points)
+DECIMALS = 5
+
+
+def _round(x: float) -> float:
+    return round(float(x), DECIMALS)
+
+
 def _std(values: pd.Series) -> float | None:
     """Sample std over splits; None with one split (no spread can be measured from one draw)."""
-    return round(float(values.std(ddof=1)), 3) if len(values) >= 2 else None
+    return _round(values.std(ddof=1)) if len(values) >= 2 else None
 
 
 def aggregate(df: pd.DataFrame) -> dict:
-    """{method: {kind: {metric_mean, metric_std (None for one split), ..., splits}}}."""
+    """{method: {kind: {metric_mean, metric_std (None for one split), ..., splits}}}, fractions."""
     out: dict = {}
     for (method, kind), g in df.groupby(["method", "kind"], sort=False):
         entry = {"splits": int(len(g))}
         for col in ("accuracy", *GROUPS, "balancedness"):
-            entry[f"{col}_mean"] = round(float(g[col].mean()), 3)
+            entry[f"{col}_mean"] = _round(g[col].mean())
             entry[f"{col}_std"] = _std(g[col])
-        entry["balancedness_of_mean_groups"] = round(float(np.std([g[x].mean() for x in GROUPS])), 3)
+        entry["balancedness_of_mean_groups"] = _round(np.std([g[x].mean() for x in GROUPS]))
         out.setdefault(method, {})[kind] = entry
     return out
 
@@ -120,14 +139,59 @@ def compare(df: pd.DataFrame) -> list[dict]:
             continue
         d = paired_difference(values[c.a], values[c.b])
         out.append({"a": c.a, "b": c.b, "kind": c.kind, "metric": c.metric, "direction": c.direction,
-                    "source": c.source, "splits": d.n, "mean": round(d.mean, 3),
-                    "low": None if d.low is None else round(d.low, 3),
-                    "high": None if d.high is None else round(d.high, 3), "verdict": d.verdict(c.direction)})
+                    "source": c.source, "splits": d.n, "mean": _round(d.mean),
+                    "low": None if d.low is None else _round(d.low),
+                    "high": None if d.high is None else _round(d.high), "verdict": d.verdict(c.direction)})
     return out
 
 
+#: the columns of ``dvc metrics show``: a few headline numbers a reader compares across methods
+SCORES = {
+    "full_shot": ("full_shot", "accuracy_mean"),
+    "few_shot": ("few_shot", "accuracy_mean"),
+    "knn": ("knn", "accuracy_mean"),
+    "full_shot_minor": ("full_shot", "minor_mean"),
+    "full_shot_balancedness": ("full_shot", "balancedness_mean"),
+}
+
+
+def scores(agg: dict) -> dict[str, dict]:
+    """{method: flat headline numbers}: mean accuracy of each probe, the full-shot Minor-group
+    accuracy and balancedness (std of the group accuracies, lower = more balanced), all
+    fractions and means over splits, and how many splits they average."""
+    out = {}
+    for method in _methods(agg):
+        kinds = agg[method]
+        row = {key: kinds[kind][field] for key, (kind, field) in SCORES.items() if kind in kinds}
+        row["splits"] = max(k["splits"] for k in kinds.values())
+        out[method] = row
+    return out
+
+
+def loss_table(history_root: Path) -> str:
+    """Every ``<method>/split<k>.csv`` history as one long CSV: method, split, epoch, loss.
+
+    One file whatever the methods and splits, so one plot overlays them all (dvc.yaml's
+    top-level ``plots``) without naming a split; the values are the histories' own text."""
+    files = sorted(Path(history_root).glob("*/split*.csv"))
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    files.sort(key=lambda f: (order.get(f.parent.name, len(order)), f.parent.name, int(f.stem.removeprefix("split"))))
+    lines = ["method,split,epoch,loss"]
+    for f in files:
+        h = pd.read_csv(f, dtype=str)  # no float re-formatting
+        split = f.stem.removeprefix("split")
+        lines += [f"{f.parent.name},{split},{e},{loss}" for e, loss in zip(h["epoch"], h["loss"])]
+    return "\n".join(lines) + "\n"
+
+
+def _pct(fraction: float) -> float:
+    """A fraction of the JSON files in %, for report.md and the figures (3 decimals, as it is stored)."""
+    return round(100 * fraction, DECIMALS - 2)
+
+
 def _pm(mean: float, std: float | None) -> str:
-    return f"{mean:.2f} ± {'—' if std is None else f'{std:.2f}'}"
+    """A fraction's mean ± std in % (``—`` for no std)."""
+    return f"{_pct(mean):.2f} ± {'—' if std is None else f'{_pct(std):.2f}'}"
 
 
 def _methods(agg: dict) -> list[str]:
@@ -142,7 +206,8 @@ def markdown_table(agg: dict, kind: str) -> str:
         if e is None:
             continue
         cells = [_pm(e[f"{c}_mean"], e[f"{c}_std"]) for c in ("accuracy", *GROUPS, "balancedness")]
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {e['balancedness_of_mean_groups']:.2f} | {e['splits']} |")
+        spread = _pct(e["balancedness_of_mean_groups"])
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {spread:.2f} | {e['splits']} |")
     return "\n".join(lines)
 
 
@@ -154,10 +219,10 @@ def comparison_table(rows: list[dict]) -> str:
     lines = ["| claim | probe | metric | claimed | mean difference | 95 % interval | splits | verdict |",
              "|" + "---|" * 8]
     for r in rows:
-        interval = "—" if r["low"] is None else f"[{r['low']:+.2f}, {r['high']:+.2f}]"
+        interval = "—" if r["low"] is None else f"[{_pct(r['low']):+.2f}, {_pct(r['high']):+.2f}]"
         verdict = r["verdict"] + (" (one split)" if r["splits"] == 1 else "")
         lines.append(f"| {r['a']} − {r['b']} | {_SHORT_KIND[r['kind']]} | {_METRIC_WORDS[r['metric']]} | "
-                     f"{'> 0' if r['direction'] > 0 else '< 0'} | {r['mean']:+.2f} | {interval} | {r['splits']} | "
+                     f"{'> 0' if r['direction'] > 0 else '< 0'} | {_pct(r['mean']):+.2f} | {interval} | {r['splits']} | "
                      f"**{verdict}** |")
     return "\n".join(lines)
 
@@ -200,8 +265,8 @@ def plot_group_bars(agg: dict, path: Path) -> None:
     for ax, kind in zip(axes, KINDS):
         for i, m in enumerate(methods):
             e = agg[m][kind]
-            means = np.array([e[f"{c}_mean"] for c in cols])
-            stds = None if e["splits"] < 2 else np.array([e[f"{c}_std"] for c in cols])
+            means = np.array([_pct(e[f"{c}_mean"]) for c in cols])
+            stds = None if e["splits"] < 2 else np.array([_pct(e[f"{c}_std"]) for c in cols])
             ax.bar(np.arange(4) + i * width, means, width, yerr=stds, capsize=2, label=m)
             lows.append((means - (0 if stds is None else stds)).min())
             highs.append((means + (0 if stds is None else stds)).max())
@@ -238,6 +303,17 @@ def plot_loss_curves(history_root: Path, path: Path) -> bool:
     return True
 
 
+def write_scores(rows: dict[str, dict], folder: Path) -> None:
+    """One small JSON per method, keys in :data:`SCORES` order (the columns of ``dvc metrics show``);
+    files of methods no longer reported are removed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.json"):
+        if stale.stem not in rows:
+            stale.unlink()
+    for method, row in rows.items():
+        write_bytes(folder / f"{method}.json", (json.dumps(row, indent=2) + "\n").encode())
+
+
 def uncertainty_note(n_splits: int) -> list[str]:
     if n_splits >= 2:
         return [f"{n_splits} splits: every table shows mean ± sample std over splits, and each claim a paired "
@@ -262,7 +338,8 @@ def reference_section(dataset: str) -> list[str]:
 
 def write_report(metrics_root: Path, history_root: Path, splits_summary: Path, params, out_dir: Path,
                  deviations: list[str]) -> dict:
-    """reports/metrics.json, reports/report.md and reports/figures/*.png; returns the aggregate."""
+    """scores/<method>.json, summary.json, pretrain_loss.csv, report.md and figures/*.png under
+    ``out_dir``; returns the aggregate."""
     df = load_metrics(metrics_root)
     agg = aggregate(df)
     paired = compare(df)
@@ -271,7 +348,9 @@ def write_report(metrics_root: Path, history_root: Path, splits_summary: Path, p
     plot_group_bars(agg, figures / "group_accuracy.png")
     has_loss = plot_loss_curves(history_root, figures / "pretrain_loss.png")
     shutil.copyfile(splits_summary.parent / "class_counts.png", figures / "class_counts.png")
-    write_json(out_dir / "metrics.json", {**agg, "paired_differences": paired})
+    write_json(out_dir / "summary.json", {**agg, "paired_differences": paired})
+    write_scores(scores(agg), out_dir / "scores")
+    write_bytes(out_dir / "pretrain_loss.csv", loss_table(history_root).encode())
 
     summary = json.loads(Path(splits_summary).read_text())
     n_splits = int(df["split"].nunique())

@@ -31,7 +31,7 @@ from sdclr import checkpoint, distributed
 from sdclr.config import Params
 from sdclr.data.augment import BatchAugment
 from sdclr.data.device_data import epoch_batches, to_device_uint8
-from sdclr.errors import ConfigError, TrainingError
+from sdclr.errors import DataError, ParamError, TrainingError
 from sdclr.io import write_bytes
 from sdclr.methods import Method, method_class
 from sdclr.models import HeadSpec, build_model
@@ -41,7 +41,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"params.yaml: device = {name!r} but no CUDA device is visible; accepted here: 'auto' or 'cpu'.")
+        raise ParamError(f"device = {name!r} but no CUDA device is visible; accepted here: 'auto' or 'cpu'.")
     return torch.device(name)
 
 
@@ -70,6 +70,13 @@ class PretrainResult:
     final_loss: float
     images_per_s: float  # of the last epoch run
     seconds: float  # summed over the epochs run by this launch (set-up and bank fill excluded)
+
+    def summary(self) -> str:
+        """One line for the stage's output."""
+        if self.epochs_run == 0:  # killed after its last checkpoint: nothing was left to train
+            return (f"restored from the checkpoint of its last epoch ({self.resumed_from_epoch}), "
+                    f"final loss {self.final_loss:.4f}")
+        return f"final loss {self.final_loss:.4f}, {self.images_per_s:.0f} images/s"
 
 
 @dataclass
@@ -146,11 +153,11 @@ def build(params: Params, method_name: str, split_id: int, images: np.ndarray, i
     epochs, peak_lr = cls.schedule(params)
     n = len(indices)
     if n < p.batch_size:
-        raise ConfigError(f"params.yaml: pretrain.batch_size = {p.batch_size} is larger than the training subset "
-                          f"({n} images); accepted: an integer <= {n}.")
+        raise ParamError(f"pretrain.batch_size = {p.batch_size} is larger than the training subset "
+                         f"({n} images); accepted: an integer <= {n}.")
     if p.batch_size % ctx.world_size:
-        raise ConfigError(f"params.yaml: pretrain.batch_size = {p.batch_size} does not split evenly over "
-                          f"{ctx.world_size} processes; accepted: a multiple of {ctx.world_size}.")
+        raise ParamError(f"pretrain.batch_size = {p.batch_size} does not split evenly over "
+                         f"{ctx.world_size} processes; accepted: a multiple of {ctx.world_size}.")
     positions = torch.arange(ctx.rank, n, ctx.world_size)  # rows rank, rank + W, rank + 2W, ...
     data = to_device_uint8(images[indices[positions.numpy()]], device)
     local_batch = p.batch_size // ctx.world_size
@@ -198,8 +205,20 @@ def restore(t: Training, ckpt_path: Path, log: Callable[[str], None]) -> None:
     log(f"resuming {t.label} from epoch {t.start_epoch} ({ckpt_path})")
 
 
-def save_checkpoint(t: Training, path: Path, epoch_done: int) -> None:
-    """Weights, optimizer, every rank's random state and the history so far (a collective under DDP)."""
+def checkpoint_run_id(ckpt_path: Path, params: Params, method_name: str, split_id: int, indices: np.ndarray,
+                      world_size: int = 1) -> str:
+    """The MLflow run a resumable checkpoint at ``ckpt_path`` was logging to ("" when none).
+
+    A resumed pretraining continues that run, so one run holds the whole loss curve.
+    """
+    fingerprint = training_fingerprint(params, method_class(method_name), split_id, indices, world_size)
+    state = checkpoint.try_resume(ckpt_path, fingerprint, map_location="cpu", log=_silent)
+    return str(state.get("mlflow_run_id", "")) if state else ""
+
+
+def save_checkpoint(t: Training, path: Path, epoch_done: int, run_id: str = "") -> None:
+    """Weights, optimizer, every rank's random state, the history so far and the MLflow run
+    being logged to (a collective under DDP)."""
     extra = {}
     if t.ctx.active:  # every rank's random state (all ranks call this), rank 0 writes
         extra = {"rank_generators": distributed.all_gather_objects(t.gen.get_state()),
@@ -212,6 +231,7 @@ def save_checkpoint(t: Training, path: Path, epoch_done: int) -> None:
         "optimizer": t.optimizer.state_dict(), "generator": t.gen.get_state(), "torch_rng": torch.get_rng_state(),
         "history_keys": list(t.history[0]) if t.history else [],
         "history": torch.tensor([list(h.values()) for h in t.history], dtype=torch.float64),
+        "mlflow_run_id": run_id,
         **extra,
     })
 
@@ -289,9 +309,12 @@ def pretrain(
         log(f"{t.label} epoch {epoch + 1}/{t.epochs}: {rate:.0f} images/s, "
             + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         if run is not None:
-            run.log_metrics({**metrics, **timing}, step=epoch + 1)
+            # under the method's own loss name: MLflow charts one key per plot, and losses of different
+            # methods are different quantities (the history CSV keeps one `loss` column for DVC's overlay)
+            loss_name = {"loss": type(t.method).loss_metric}
+            run.log_metrics({**{loss_name.get(k, k): v for k, v in metrics.items()}, **timing}, step=epoch + 1)
         if (epoch + 1) % params.pretrain.checkpoint_every == 0 or epoch + 1 == t.epochs:
-            save_checkpoint(t, ckpt_path, epoch + 1)
+            save_checkpoint(t, ckpt_path, epoch + 1, run.run_id if run is not None else "")
         if stop_after_epoch is not None and stop_after_epoch <= epoch + 1 < t.epochs:
             break
     if last == t.epochs and t.ctx.is_main:
@@ -327,10 +350,30 @@ def save_encoder(path: Path, method: Method, spec: ModelSpec, params: Params, fi
     })
 
 
-def load_encoder(path: Path, device: torch.device | str = "cpu"):
-    """Rebuild the network saved by :func:`save_encoder` (weights_only load) in eval mode."""
-    state = checkpoint.load(Path(path), map_location="cpu")
-    spec = state["spec"]
-    net = build_model(state["model"]["width"], spec["in_channels"], spec["mean"], spec["std"], HeadSpec(**state["head"]))
-    net.load_state_dict(state["net"])
+def load_encoder(path: Path, device: torch.device | str = "cpu", stage: str | None = None):
+    """Rebuild the network saved by :func:`save_encoder` (weights_only load) in eval mode.
+
+    A missing, truncated or foreign file is one :class:`DataError` sentence naming it and
+    the fix (``dvc checkout`` it, or re-run ``stage``, the DVC stage that writes it), never
+    torch's traceback, whose advice to load with ``weights_only=False`` would run code
+    from an untrusted file.
+    """
+    path = Path(path)
+    redo = f"`dvc repro {stage}`" if stage else "the pretrain stage that writes it"
+    fix = f"restore it with `dvc checkout {path}` or re-create it with {redo}"
+    if not path.is_file():
+        raise DataError(f"the encoder file {path} {'is not a file' if path.exists() else 'is missing'}; {fix}.")
+    try:
+        state = checkpoint.load(path, map_location="cpu")
+    except Exception as e:  # truncated zip, random bytes, a pickle with foreign classes: all unreadable
+        raise DataError(f"{path} cannot be read as an encoder file ({type(e).__name__}: it is truncated, damaged "
+                        f"or not a file the pretrain stage wrote); {fix}.") from None
+    try:
+        spec = state["spec"]
+        net = build_model(state["model"]["width"], spec["in_channels"], spec["mean"], spec["std"],
+                          HeadSpec(**state["head"]))
+        net.load_state_dict(state["net"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise DataError(f"{path} does not hold an encoder the pretrain stage wrote ({type(e).__name__}); "
+                        f"{fix}.") from None
     return net.to(device).eval(), state

@@ -23,4 +23,4 @@ def add_arguments(p):
 
 
 if __name__ == "__main__":
-    run_stage(main, __doc__, add_arguments)
+    run_stage(main, __doc__, add_arguments, outputs=("out",))

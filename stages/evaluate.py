@@ -1,8 +1,9 @@
 """Stage `evaluate`: frozen-encoder probes of one (method, split) → a metrics JSON (``--out``).
 
 ``--method random`` evaluates an untrained encoder of the same architecture: the row
-that shows what pretraining bought. The MLflow run is tagged with the id of the
-pretraining run that made the encoder (found by the encoder file's md5); the time it
+that shows what pretraining bought. The MLflow run is a child of the pretraining run
+that made the encoder (found by the encoder file's md5), and the probe accuracies also
+land on that pretraining run, the (method, split) row of the runs table. The time it
 took goes to MLflow and to the machine-dependent ``--cost`` file (not a DVC output).
 """
 
@@ -14,10 +15,10 @@ import torch
 from sdclr import cost, tracking
 from sdclr.config import as_flat_dict
 from sdclr.data.device_data import channel_stats
-from sdclr.data.longtail import groups_of, load_split
+from sdclr.data.longtail import groups_of, load_split, split_file
 from sdclr.errors import ConfigError
-from sdclr.evaluate import evaluate_encoder, flat_metrics
-from sdclr.io import load_npz, md5_file, write_json
+from sdclr.evaluate import STAGE_PARAMS, evaluate_encoder, flat_metrics
+from sdclr.io import load_raw, md5_file, write_json
 from sdclr.methods import METHODS, Method
 from sdclr.models import build_model
 from sdclr.stage import run_stage
@@ -25,11 +26,17 @@ from sdclr.train import load_encoder, resolve_device
 
 
 def main(params, args):
+    tracking.check_store()
     device = resolve_device(params.device)
-    train, test = load_npz(args.raw / "train.npz"), load_npz(args.raw / "test.npz")
-    split = load_split(args.splits, args.split)
-    experiment = f"sdclr-{params.data.dataset}"
-    tags = {"dataset": params.data.dataset, "method": args.method, "split": args.split, "stage": "evaluate"}
+    raw = load_raw(args.raw)  # verified against the download's checksums
+    train, test = raw.train, raw.test
+    split = load_split(args.splits, args.split, params.subsample.splits, num_train=len(train["labels"]))
+    experiment = tracking.experiment_name(params.data.dataset)
+    tags = {"dataset": params.data.dataset, "method": args.method, "split": args.split, "stage": "evaluate",
+            "data_split_md5": md5_file(split_file(args.splits, args.split))}
+    read = (*STAGE_PARAMS, "model") if args.method == "random" else STAGE_PARAMS
+    logged = {**tracking.select_params(as_flat_dict(params), read), "method": args.method, "split": args.split}
+    parent = ""  # random has no pretraining run: its evaluation is its row in MLflow
     if args.method == "random":
         torch.manual_seed(params.seed * 1000 + args.split)
         head = Method.head_spec(params)  # the shared model head; only the backbone's features are probed
@@ -37,11 +44,13 @@ def main(params, args):
     else:
         if args.model is None:
             raise ConfigError(f"evaluate --method {args.method} needs --model (the encoder file to evaluate).")
-        net, _ = load_encoder(args.model)
+        net, _ = load_encoder(args.model, stage=f"pretrain-{args.method}@{args.split}")
         tags["model_md5"] = md5_file(args.model)
-        tags["pretrain_run_id"] = tracking.latest_run_id(experiment, {"stage": "pretrain", "model_md5": tags["model_md5"]})
+        parent = tracking.latest_run_id(experiment, {"stage": "pretrain", "model_md5": tags["model_md5"]})
+        tags["pretrain_run_id"] = parent
 
-    with tracking.Run(experiment, f"evaluate-{args.method}-split{args.split}", as_flat_dict(params), tags) as run:
+    with tracking.Run(experiment, f"evaluate-{args.method}-split{args.split}", logged, tags, "stages/evaluate.py",
+                      parent_run_id=parent) as run:
         t0 = time.perf_counter()
         metrics = evaluate_encoder(net.to(device).eval(), train["images"], train["labels"], test["images"],
                                    test["labels"], split, groups_of(split["class_order"]), params.evaluate,
@@ -50,6 +59,8 @@ def main(params, args):
         write_json(args.out, metrics)
         seconds = time.perf_counter() - t0
         run.log_metrics({**flat_metrics(metrics), "evaluate_seconds": seconds}, step=0)
+        if parent:  # the (method, split) row: the pretraining run, sortable by these accuracies
+            tracking.log_metrics_to(parent, flat_metrics(metrics))
         run.log_artifact(args.out, "metrics")
     cost.record(f"evaluate/{args.method}/split{args.split}", {"seconds": round(seconds, 1),
                                                               "device": cost.device_name(device)}, args.cost)
@@ -67,4 +78,4 @@ def add_arguments(p):
 
 
 if __name__ == "__main__":
-    run_stage(main, __doc__, add_arguments)
+    run_stage(main, __doc__, add_arguments, outputs=("out",), shared_outputs=("cost",))

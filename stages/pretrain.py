@@ -2,31 +2,36 @@
 
 Writes the encoder (``--out``) and its per-epoch history (``--history``); a resume
 checkpoint (``--checkpoint``) lives until the run finishes. One MLflow run per (method,
-split), tagged with the encoder file's md5; the time it took goes to MLflow and to the
+split), tagged with the encoder file's md5 and holding the encoder as an MLflow logged
+model (``SDCLR_LOG_MODEL=0`` skips that: torch.export takes seconds); a run resumed from
+its checkpoint continues the same MLflow run. The time it took goes to MLflow and to the
 machine-dependent ``--cost`` file (not a DVC output).
 
 Runs unchanged under ``torchrun --nproc_per_node N`` (DistributedDataParallel; rank 0
 writes and tracks); with ``pretrain.nproc > 1`` it launches torchrun itself.
 """
 
+import os
 from pathlib import Path
 
 from sdclr import cost, distributed, tracking
 from sdclr.config import as_flat_dict
-from sdclr.data.device_data import channel_stats
-from sdclr.data.longtail import load_split
-from sdclr.io import load_npz, md5_file
-from sdclr.methods import METHODS
+from sdclr.data.device_data import channel_stats, example_batch
+from sdclr.data.longtail import load_split, split_file
+from sdclr.io import load_raw, md5_file
+from sdclr.methods import METHODS, method_class
 from sdclr.stage import run_stage
-from sdclr.train import ModelSpec, pretrain, resolve_device
+from sdclr.train import ModelSpec, checkpoint_run_id, load_encoder, pretrain, resolve_device
 
 
 def main(params, args):
     if params.pretrain.nproc > 1 and not distributed.launched_by_torchrun():
         distributed.relaunch_under_torchrun(params.pretrain.nproc)
     ctx, device = distributed.init_from_env(resolve_device(params.device))
-    images = load_npz(args.raw / "train.npz")["images"]
-    split = load_split(args.splits, args.split)
+    if ctx.is_main:
+        tracking.check_store()
+    images = load_raw(args.raw, parts=("train",)).train["images"]  # verified against the download's checksums
+    split = load_split(args.splits, args.split, params.subsample.splits, num_train=len(images))
     spec = ModelSpec(images.shape[-1], *channel_stats(images))
     train = dict(params=params, method_name=args.method, split_id=args.split, images=images,
                  indices=split["longtail"], spec=spec, out_path=args.out, ckpt_path=args.checkpoint)
@@ -34,13 +39,20 @@ def main(params, args):
         if not ctx.is_main:  # the other ranks train; rank 0 writes and tracks
             pretrain(**train)
             return
+        cls = method_class(args.method)
+        logged = {**tracking.select_params(as_flat_dict(params), cls.stage_params()), **cls.resolved_params(params),
+                  "method": args.method, "split": args.split}
         tags = {"dataset": params.data.dataset, "method": args.method, "split": args.split, "stage": "pretrain",
-                "world_size": ctx.world_size}
-        with tracking.Run(f"sdclr-{params.data.dataset}", f"pretrain-{args.method}-split{args.split}",
-                          as_flat_dict(params), tags) as run:
+                "world_size": ctx.world_size, "data_split_md5": md5_file(split_file(args.splits, args.split))}
+        resume = checkpoint_run_id(args.checkpoint, params, args.method, args.split, split["longtail"], ctx.world_size)
+        with tracking.Run(tracking.experiment_name(params.data.dataset), f"pretrain-{args.method}-split{args.split}",
+                          logged, tags, "stages/pretrain.py", resume_run_id=resume) as run:
             result = pretrain(**train, history_path=args.history, run=run)
-            run.log_artifact(args.out, "model")
-            run.set_tags({"resumed_from_epoch": result.resumed_from_epoch, "model_md5": md5_file(args.out)})
+            model_md5 = md5_file(args.out)
+            run.set_tags({"resumed_from_epoch": result.resumed_from_epoch, "model_md5": model_md5})
+            if os.environ.get("SDCLR_LOG_MODEL", "1") != "0":
+                encoder = load_encoder(args.out)[0].backbone
+                run.log_model(encoder, example_batch(images), {**tags, "model_md5": model_md5})
         cost.record(f"pretrain/{args.method}/split{args.split}", {
             "seconds": round(result.seconds, 1), "images_per_s": round(result.images_per_s, 1),
             "epochs": result.epochs_run, "resumed_from_epoch": result.resumed_from_epoch,
@@ -48,8 +60,7 @@ def main(params, args):
     finally:
         distributed.shutdown()
     args.checkpoint.unlink(missing_ok=True)  # the final encoder supersedes the resume checkpoint
-    print(f"{args.method} split {args.split}: final loss {result.final_loss:.4f}, "
-          f"{result.images_per_s:.0f} images/s → {args.out}")
+    print(f"{args.method} split {args.split}: {result.summary()} → {args.out}")
 
 
 def add_arguments(p):
@@ -62,4 +73,4 @@ def add_arguments(p):
 
 
 if __name__ == "__main__":
-    run_stage(main, __doc__, add_arguments)
+    run_stage(main, __doc__, add_arguments, outputs=("out", "history", "checkpoint"), shared_outputs=("cost",))

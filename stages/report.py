@@ -1,4 +1,5 @@
-"""Stage `report`: every metrics file → metrics.json, report.md and figures/ under ``--out``."""
+"""Stage `report`: every metrics file and history → scores/<method>.json (the DVC metrics), summary.json,
+pretrain_loss.csv (the DVC loss plot), report.md and figures/ under ``--out``."""
 
 from pathlib import Path
 
@@ -9,13 +10,16 @@ from sdclr.stage import run_stage
 
 
 def main(params, args):
+    tracking.check_store()
     agg = write_report(args.metrics, args.history, args.splits / "summary.json", params, args.out, deviations(params))
     tags = {"dataset": params.data.dataset, "stage": "report"}
-    with tracking.Run(f"sdclr-{params.data.dataset}", "report", as_flat_dict(params), tags) as run:
+    with tracking.Run(tracking.report_experiment_name(params.data.dataset), "report", as_flat_dict(params), tags,
+                      "stages/report.py") as run:
         for m, kinds in agg.items():
             run.log_metrics({f"{m}_{k}_accuracy": v["accuracy_mean"] for k, v in kinds.items()}, step=0)
         run.log_artifact(args.out / "report.md")
-        run.log_artifact(args.out / "metrics.json")
+        run.log_artifact(args.out / "summary.json")
+        run.log_artifact(args.out / "scores")
         run.log_artifact(args.out / "figures")
     print(markdown_table(agg, "full_shot"))
     print(f"→ {args.out / 'report.md'}")
@@ -28,4 +32,4 @@ def add_arguments(p):
 
 
 if __name__ == "__main__":
-    run_stage(main, __doc__, add_arguments)
+    run_stage(main, __doc__, add_arguments, outputs=("out",))

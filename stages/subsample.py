@@ -1,17 +1,16 @@
 """Stage `subsample`: balanced validation hold-out and the long-tail / balanced / few-shot splits."""
 
-import json
 from pathlib import Path
 
 from sdclr.data.longtail import make_splits, write_splits
-from sdclr.io import load_npz
+from sdclr.io import load_raw
 from sdclr.stage import run_stage
 
 
 def main(params, args):
     raw, out = args.raw, args.out
-    meta = json.loads((raw / "meta.json").read_text())
-    labels = load_npz(raw / "train.npz")["labels"]
+    data = load_raw(raw, parts=("train",))  # checked and verified against the download's checksums
+    meta, labels = data.meta, data.train["labels"]
     pool, val, splits = make_splits(labels, params.subsample, params.seed)
     summary = write_splits(out, labels, pool, val, splits, params.subsample, params.seed, meta["class_names"])
     for s in summary["splits"]:
@@ -27,4 +26,4 @@ def add_arguments(p):
 
 
 if __name__ == "__main__":
-    run_stage(main, __doc__, add_arguments)
+    run_stage(main, __doc__, add_arguments, outputs=("out",))

@@ -58,8 +58,11 @@ def _deep_update(d: dict, u: dict) -> None:
             d[k] = v
 
 
-def project_env(dest: Path, tracking_uri: str | None = None) -> dict:
+def project_env(dest: Path, tracking_uri: str | None = None, log_model: bool = False) -> dict:
+    """The environment a stage of ``dest`` runs in: its code, a given MLflow store, and (unless
+    ``log_model``) no MLflow logged model, whose torch.export costs seconds per pretraining."""
     env = dict(os.environ)
+    env["SDCLR_LOG_MODEL"] = "1" if log_model else "0"
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = str(dest)
     env["MPLBACKEND"] = "Agg"

@@ -89,3 +89,69 @@ def test_round_trip_through_yaml(raw_params, tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw_params))
     assert load_params(path) == parse_params(raw_params)
+
+
+# ---- the file named in messages is the file read ------------------------------------------
+
+def test_errors_name_the_params_file_actually_read(raw_params, tmp_path):
+    other = tmp_path / "experiment.yaml"
+    raw_params["prune_ratio"] = 1.0
+    other.write_text(yaml.safe_dump(raw_params))
+    with pytest.raises(ConfigError) as info:
+        load_params(other)
+    assert str(info.value).startswith(f"{other}: prune_ratio = 1.0 is out of range"), str(info.value)
+    assert "params.yaml" not in str(info.value)
+
+
+def test_a_param_error_found_later_names_the_file_given_with_params(root, tmp_path, capsys):
+    """Errors raised after loading (in training, in the split recipe) name --params' file too."""
+    from sdclr.errors import ParamError
+    from sdclr.stage import run_stage
+
+    other = tmp_path / "experiment.yaml"
+    other.write_text((root / "params.yaml").read_text())
+
+    def main(params, args):
+        raise ParamError(f"pretrain.batch_size = {params.pretrain.batch_size} is larger than the training subset.")
+
+    with pytest.raises(SystemExit) as exit_:
+        run_stage(main, "test", argv=["--params", str(other)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {other}: pretrain.batch_size = ") and "params.yaml" not in err, err
+
+
+def test_no_message_hard_codes_the_params_file(root):
+    """A message that starts with "params.yaml:" would name the wrong file under --params."""
+    import re
+
+    offenders = [f"{p.relative_to(root)}:{i}" for p in sorted((root / "sdclr").rglob("*.py"))
+                 for i, line in enumerate(p.read_text().splitlines(), 1) if re.search(r"""f?["']params\.yaml: """, line)]
+    assert not offenders, offenders
+
+
+# ---- YAML syntax errors point at the broken line ------------------------------------------------
+
+YAML_BROKEN = [
+    # (file text, the 1-based line a person would fix)
+    ("seed: 0\nsplits: [0, 1\nmodel: 3\n", 2),            # unclosed '[' (PyYAML notices on line 3)
+    ("seed: [1, 2\n", 1),                                  # unclosed '[' at the end of the file
+    ("seed: 0\ndata: {dataset: cifar10\ndevice: cpu\n", 2),  # unclosed '{'
+    ("seed: 0\nname: 'abc\ndevice: cpu\n", 2),             # unclosed quote
+    ("seed: 0\nprune_ratio\ndevice: cpu\n", 2),            # a key without ':'
+    ("seed: 0\ndata:\n  dataset: x\n source_dir: y\nz: 1\n", 4),  # bad indentation
+    ("seed: 0\ndata:\n\tdataset: x\n", 3),                  # a tab
+    ("seed: 0\nprune_ratio: 0.9: 1\n", 2),                 # a second ':'
+    ("seed: 0\n%bad\n", 2),                                # a stray directive at the end
+]
+
+
+@pytest.mark.parametrize("text,line", YAML_BROKEN, ids=[f"line{n}-{i}" for i, (_, n) in enumerate(YAML_BROKEN)])
+def test_yaml_syntax_error_names_the_broken_line(tmp_path, text, line):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: not valid YAML at line {line} ("), msg
+    assert msg.endswith("; fix the syntax there.") and "\n" not in msg

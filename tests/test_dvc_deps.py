@@ -113,6 +113,8 @@ def test_a_removed_dep_is_named():
 
 
 def test_dvc_yaml_has_a_block_per_registered_method_declaring_its_params():
+    """What dvc.yaml declares is also what each stage's MLflow run logs as its params."""
+    from sdclr.evaluate import STAGE_PARAMS as EVALUATE_PARAMS
     from sdclr.methods import METHODS
 
     stages = _dvc_yaml()["stages"]
@@ -122,6 +124,31 @@ def test_dvc_yaml_has_a_block_per_registered_method_declaring_its_params():
         block = stages[f"pretrain-{name}"]["do"]
         assert f"--method {name} " in block["cmd"] and f"--method {name} " in stages[f"evaluate-{name}"]["do"]["cmd"]
         assert set(block["params"]) == set(cls.stage_params()), name
+        assert set(stages[f"evaluate-{name}"]["do"]["params"]) == set(EVALUATE_PARAMS), name
+    # the untrained encoder's architecture comes from params.yaml, not from an encoder file
+    assert set(stages["evaluate-random"]["do"]["params"]) == {*EVALUATE_PARAMS, "model"}
+
+
+def _out_paths(entries: list) -> list[str]:
+    return [e if isinstance(e, str) else next(iter(e)) for e in entries or []]
+
+
+def test_the_report_declares_one_metrics_file_per_method_and_the_loss_plot():
+    from sdclr.methods import METHODS
+
+    spec = _dvc_yaml()
+    report = spec["stages"]["report"]
+    metrics = _out_paths(report["metrics"])
+    assert sorted(metrics) == sorted(f"reports/scores/{m}.json" for m in ("random", *METHODS))
+    assert all(next(iter(e.values()))["cache"] is False for e in report["metrics"])  # git-tracked
+    outs = _out_paths(report["outs"])
+    assert {"reports/summary.json", "reports/pretrain_loss.csv", "reports/report.md"} <= set(outs)
+    # The per-split histories are plain outputs: the one loss plot is the top-level one, fed by the report.
+    for name in METHODS:
+        assert "plots" not in spec["stages"][f"pretrain-{name}"]["do"]
+    plots = {next(iter(p)): next(iter(p.values())) for p in spec["plots"]}
+    assert plots["reports/pretrain_loss.csv"]["template"] == "loss_by_method"
+    assert (ROOT / ".dvc/plots/loss_by_method.json").is_file()
 
 
 # ---- dvc status in a real DVC project ------------------------------------------------------
@@ -132,7 +159,7 @@ TINY = {"device": "cpu", "subsample": {"splits": [0]}}
 def _fake_outputs(proj: Path) -> None:
     """Put a file at every output (and data dep) of the graph, so `dvc commit` can lock it as run."""
     for rel in ("data/raw/fashion_mnist/train.npz", "data/splits/fashion_mnist/split0.npz",
-                "reports/report.md", "reports/metrics.json",
+                "reports/report.md", "reports/summary.json", "reports/pretrain_loss.csv",
                 *(f"reports/figures/{f}.png" for f in ("group_accuracy", "pretrain_loss", "class_counts"))):
         (proj / rel).parent.mkdir(parents=True, exist_ok=True)
         (proj / rel).write_text(rel)
@@ -143,6 +170,8 @@ def _fake_outputs(proj: Path) -> None:
     for m in ("random", "simclr", "sdclr", "sbid"):
         (proj / f"reports/metrics/{m}").mkdir(parents=True, exist_ok=True)
         (proj / f"reports/metrics/{m}/split0.json").write_text("{}")
+        (proj / f"reports/scores/{m}.json").parent.mkdir(parents=True, exist_ok=True)
+        (proj / f"reports/scores/{m}.json").write_text("{}")
 
 
 def _changed_stages(proj: Path) -> set[str]:

@@ -3,7 +3,9 @@
 Checks every stage's outputs, the report's tables and figures, and the MLflow runs
 (pretrain and evaluate per method, per-epoch metrics with steps). Then that a fresh clone
 of the committed results, reproduced from scratch, gives byte-identical outputs and leaves
-`git status` clean but for the machine-dependent reports/cost.json; that
+`git status` clean but for the machine-dependent reports/cost.json, and fills its own MLflow
+store with every row of the report, checked through a real `mlflow server`'s REST API (and
+a headless-Chromium screenshot of the runs table in test-artifacts/); that
 `-S prune_ratio=...` re-runs only SDCLR's stages and the report (not SimCLR's or sbid's),
 and that a queued sweep run by two workers lands in one MLflow store, one run per experiment.
 """
@@ -15,12 +17,17 @@ import math
 import re
 import subprocess
 import time
+import warnings
 
 import pytest
 import yaml
 
 from tests.conftest import FASHION_SYSTEM_DIR
-from tests.dvc_project import dvc, make_project, project_env
+from tests.dvc_project import ROOT, dvc, make_project, project_env
+from tests.mlflow_ui import CHROMIUM, check_runs_view, mlflow_server
+
+#: where the test leaves what a person would look at (the MLflow runs-table screenshot)
+ARTIFACTS = ROOT / "test-artifacts"
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not FASHION_SYSTEM_DIR.exists(), reason="needs Debian's dataset-fashion-mnist")]
@@ -59,7 +66,7 @@ def test_tiny_pipeline_end_to_end(tmp_path):
         assert needle in report
     for fig in ("group_accuracy", "pretrain_loss", "class_counts"):
         assert (proj / f"reports/figures/{fig}.png").stat().st_size > 5_000
-    summary = json.loads((proj / "reports/metrics.json").read_text())
+    summary = json.loads((proj / "reports/summary.json").read_text())
     assert {"random", "simclr", "sdclr", "sbid"} <= set(summary)
 
     mlflow.set_tracking_uri(store)
@@ -69,16 +76,20 @@ def test_tiny_pipeline_end_to_end(tmp_path):
         run = by_name[f"pretrain-{m}-split0"]
         assert run.info.status == "FINISHED"
         assert run.data.tags["method"] == m and run.data.tags["dataset"] == "fashion_mnist"
-        assert run.data.params["prune_ratio"] == "0.9"
-        history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")
+        assert run.data.params["method"] == m
+        assert run.data.params.get("prune_ratio") == ("0.9" if m == "sdclr" else None)  # only what it reads
+        loss = "bank_loss" if m == "sbid" else "ntxent_loss"  # one chart per kind of loss
+        history = mlflow.MlflowClient().get_metric_history(run.info.run_id, loss)
         assert [h.step for h in history] == [1]
         ev = by_name[f"evaluate-{m}-split0"]
-        assert ev.data.tags["pretrain_run_id"] == run.info.run_id
+        assert ev.data.tags["pretrain_run_id"] == run.info.run_id == ev.data.tags["mlflow.parentRunId"]
+        assert run.data.metrics["knn_accuracy"] == ev.data.metrics["knn_accuracy"]  # the row sorts by accuracy
     assert "mask_sparsity" in by_name["pretrain-sdclr-split0"].data.metrics
     sbid = by_name["pretrain-sbid-split0"].data
     wanted = yaml.safe_load((proj / "params.yaml").read_text())["sbid"]
     assert sbid.params["sbid.bank_update"] == wanted["bank_update"]
     assert sbid.params["sbid.negatives"] == str(wanted["negatives"])
+    assert sbid.params["sbid.epochs"] == "1"  # resolved: null in params.yaml means pretrain.epochs
     entries = json.loads((proj / "data/splits/fashion_mnist/summary.json").read_text())["splits"][0]["longtail_total"]
     assert 0 < sbid.metrics["entropy"] <= math.log(entries) + 1e-6  # mean entropy of p ≤ log(#bank entries)
     assert "report" in by_name
@@ -91,8 +102,10 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     subprocess.run(["git", "commit", "-qm", "baseline results"], cwd=proj, check=True, env=env)
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(proj), str(clone)], check=True, env=env)
-    dvc(clone, "repro", env=project_env(clone, tracking_uri=store))
-    outputs = ["dvc.lock", "reports/metrics.json", "reports/report.md", *(f"models/{m}/split0.pt" for m in METHODS),
+    clone_store = f"sqlite:///{tmp_path / 'clone-mlflow.db'}"
+    dvc(clone, "repro", env=project_env(clone, tracking_uri=clone_store, log_model=True))
+    outputs = ["dvc.lock", "reports/summary.json", "reports/pretrain_loss.csv", "reports/report.md",
+               *(f"reports/scores/{m}.json" for m in ("random", *METHODS)), *(f"models/{m}/split0.pt" for m in METHODS),
                *(f"reports/pretrain/{m}/split0.csv" for m in METHODS),
                *(f"reports/metrics/{m}/split0.json" for m in ("random", *METHODS)),
                *(f"reports/figures/{f}.png" for f in ("group_accuracy", "pretrain_loss", "class_counts"))]
@@ -101,6 +114,20 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, check=True, capture_output=True,
                             text=True).stdout.splitlines()
     assert status == [" M reports/cost.json"], status
+
+    # The clone's own store holds every row of the report, `random` included, as a researcher's
+    # browser sees it through `mlflow server` (tests/mlflow_ui.py checks the REST API).
+    lock = yaml.safe_load((clone / "dvc.lock").read_text())["stages"]
+    model_md5 = {m: next(o["md5"] for o in lock[f"pretrain-{m}@0"]["outs"] if o["path"].endswith(".pt"))
+                 for m in METHODS}
+    with mlflow_server(clone_store, tmp_path / "mlflow-server.log") as server:
+        exp = check_runs_view(server, "sdclr-fashion_mnist", METHODS, model_md5)
+        if CHROMIUM is None:
+            warnings.warn("no headless Chromium here (Debian: apt-get install chromium-headless-shell): "
+                          "the runs-table screenshot is skipped; the REST checks ran")
+        else:
+            shot = server.screenshot(f"#/experiments/{exp['experiment_id']}/runs", ARTIFACTS / "mlflow_runs.png")
+            assert shot.stat().st_size > 20_000  # a drawn page, not a blank one
 
     # `dvc exp run -S prune_ratio=...` re-runs SDCLR's stages and the report only, and
     # `dvc exp show` sees the changed metrics.
@@ -111,11 +138,12 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     metrics = {}
     for row in rows:  # the workspace, the baseline commit, and under it its experiments
         for rev in [row, *(r for exp in row.get("experiments") or [] for r in exp["revs"])]:
-            acc = rev["data"]["metrics"].get("reports/metrics.json", {}).get("data", {})
-            if acc:
+            acc = {m: rev["data"]["metrics"].get(f"reports/scores/{m}.json", {}).get("data", {})
+                   for m in ("sdclr", "simclr")}
+            if all(acc.values()):  # the kNN accuracy of each method's `dvc metrics show` row
                 metrics[rev["name"] or rev["rev"]] = (rev["data"]["params"]["params.yaml"]["data"]["prune_ratio"],
-                                                      acc["sdclr"]["knn"]["accuracy_mean"],
-                                                      acc["simclr"]["knn"]["accuracy_mean"])
+                                                      acc["sdclr"]["knn"],
+                                                      acc["simclr"]["knn"])
     by_ratio = {v[0]: v for v in metrics.values()}
     assert {0.9, 0.5} <= set(by_ratio), metrics
     assert by_ratio[0.9][2] == by_ratio[0.5][2]  # SimCLR untouched

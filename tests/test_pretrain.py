@@ -17,7 +17,7 @@ from sdclr import checkpoint
 from sdclr.config import parse_params
 from sdclr.data.longtail import make_splits, write_splits
 from sdclr.errors import TrainingError
-from sdclr.io import save_npz
+from sdclr.io import save_npz, sha256_array, write_json
 from sdclr.train import ModelSpec, lr_at, pretrain
 from tests.conftest import balanced_labels
 from tests.dvc_project import make_project, project_env, stage_command
@@ -39,9 +39,13 @@ def tiny_dataset(root: Path, params) -> None:
     for c in range(10):
         images[labels == c, 2 * c : 2 * c + 8, 4:20] += 150
     raw = root / "data/raw/fashion_mnist"
-    save_npz(raw / "train.npz", images=images, labels=labels)
-    save_npz(raw / "test.npz", images=images[:100], labels=labels[:100])
-    (raw / "meta.json").write_text('{"class_names": ' + str([f"c{i}" for i in range(10)]).replace("'", '"') + "}")
+    parts = {"train": {"images": images, "labels": labels}, "test": {"images": images[:100], "labels": labels[:100]}}
+    for part, arrays in parts.items():
+        save_npz(raw / f"{part}.npz", **arrays)
+    # What the download stage records, so the stages' checked loader verifies these arrays too.
+    write_json(raw / "meta.json", {"class_names": [f"c{i}" for i in range(10)],
+                                   "arrays_sha256": {f"{part}_{k}": sha256_array(v) for part, arrays in parts.items()
+                                                     for k, v in arrays.items()}})
     pool, val, splits = make_splits(labels, params.subsample, params.seed)
     write_splits(root / "data/splits/fashion_mnist", labels, pool, val, splits, params.subsample, params.seed,
                  [f"c{i}" for i in range(10)])

@@ -62,7 +62,7 @@ def test_std_is_a_dash_with_one_split_and_sample_std_with_more(tmp_path):
     assert one["simclr"]["full_shot"]["accuracy_std"] is None
     assert "| simclr | 80.00 ± — |" in markdown_table(one, "full_shot")
     three = aggregate(load_metrics(_write_metrics(tmp_path / "three", {"simclr": [0.80, 0.82, 0.84]})))
-    assert three["simclr"]["full_shot"]["accuracy_std"] == pytest.approx(2.0)  # sample std (n − 1)
+    assert three["simclr"]["full_shot"]["accuracy_std"] == pytest.approx(0.02)  # sample std (n − 1), a fraction
     assert "| simclr | 82.00 ± 2.00 |" in markdown_table(three, "full_shot")
 
 
@@ -111,8 +111,43 @@ def test_report_bytes_depend_on_the_metrics_only(tmp_path, raw_params):
     first = _report(tmp_path / "a", raw_params, "fashion_mnist", table)
     second = _report(tmp_path / "b", raw_params, "fashion_mnist", table)
     assert first == second
-    for name in ("metrics.json", "figures/group_accuracy.png"):
+    for name in ("summary.json", "scores/simclr.json", "pretrain_loss.csv", "figures/group_accuracy.png"):
         assert (tmp_path / "a/out" / name).read_bytes() == (tmp_path / "b/out" / name).read_bytes()
+
+
+def test_json_files_hold_fractions_and_the_scores_a_few_headline_numbers(tmp_path, raw_params):
+    table = {"random": [0.6, 0.62], "simclr": [0.80, 0.81], "sdclr": [0.82, 0.84], "sbid": [0.79, 0.80]}
+    _report(tmp_path, raw_params, "fashion_mnist", table)
+    out = tmp_path / "out"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["simclr"]["knn"]["accuracy_mean"] == pytest.approx(0.805)  # one unit: fractions
+    diff = next(r for r in summary["paired_differences"]
+                if (r["a"], r["b"], r["kind"], r["metric"]) == ("sdclr", "simclr", "full_shot", "accuracy"))
+    assert diff["mean"] == pytest.approx(0.025)
+    assert sorted(p.name for p in (out / "scores").iterdir()) == ["random.json", "sbid.json", "sdclr.json", "simclr.json"]
+    sdclr = json.loads((out / "scores/sdclr.json").read_text())
+    assert list(sdclr) == ["full_shot", "few_shot", "knn", "full_shot_minor", "full_shot_balancedness", "splits"]
+    assert sdclr["full_shot"] == pytest.approx(0.83) and sdclr["full_shot_minor"] == pytest.approx(0.7)
+    assert sdclr["full_shot_balancedness"] == pytest.approx(0.05) and sdclr["splits"] == 2
+    assert all(0 <= v <= 1 for k, v in sdclr.items() if k != "splits")
+    md = (out / "report.md").read_text()
+    assert "| sdclr | 83.00 ± 1.41 |" in md and "| +2.50 |" in md  # the markdown shows %
+
+
+def test_loss_table_gathers_every_method_and_split(tmp_path):
+    from sdclr.report import loss_table
+
+    for method, split, losses in (("simclr", 0, "5.1,4.2"), ("sdclr", 0, "5.3,4.4"), ("sdclr", 1, "5.2,4.3"),
+                                  ("sbid", 10, "7.5,6.25")):
+        path = tmp_path / method / f"split{split}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("epoch,loss,lr\n" + "".join(f"{e + 1},{v},0.5\n" for e, v in enumerate(losses.split(","))))
+    lines = loss_table(tmp_path).splitlines()
+    assert lines[0] == "method,split,epoch,loss"
+    assert lines[1:3] == ["simclr,0,1,5.1", "simclr,0,2,4.2"]  # registry order, then split number
+    assert lines[3:] == ["sdclr,0,1,5.3", "sdclr,0,2,4.4", "sdclr,1,1,5.2", "sdclr,1,2,4.3",
+                         "sbid,10,1,7.5", "sbid,10,2,6.25"]
+    assert loss_table(tmp_path / "none") == "method,split,epoch,loss\n"
 
 
 def test_cost_file_collects_entries_and_survives_damage(tmp_path):

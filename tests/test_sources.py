@@ -243,3 +243,43 @@ def test_download_off_says_so(tmp_path):
 def test_source_dir_that_is_not_a_directory(tmp_path):
     with pytest.raises(DataError, match="data.source_dir = .* is not a directory"):
         fetch_dataset("cifar10", tmp_path / "out", source_dir=str(tmp_path / "missing"))
+
+
+# --------------------------------------------------------------------------- an explicit source is the only source
+
+@needs_fmnist
+def test_empty_source_dir_is_an_error_not_a_fall_back_to_the_system_copy(tmp_path):
+    (tmp_path / "src").mkdir()
+    with pytest.raises(DataError) as e:  # the system copy exists, but the user asked for this folder
+        fetch_dataset("fashion_mnist", tmp_path / "fm", source_dir=str(tmp_path / "src"), allow_download=False)
+    msg = str(e.value)
+    assert msg.startswith(f"data.source_dir = {tmp_path / 'src'} lacks train-images-idx3-ubyte.gz"), msg
+    assert all(n in msg for n in FMNIST_NAMES) and "set data.source_dir to null" in msg
+    assert msg.count(". ") == 0 and msg.endswith(".")
+    assert not (tmp_path / "fm").exists()
+
+
+@needs_fmnist
+def test_incomplete_source_dir_names_the_missing_file(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in FMNIST_NAMES[:3]:
+        (src / f"{name}.gz").write_bytes((FASHION_SYSTEM_DIR / f"{name}.gz").read_bytes())
+    with pytest.raises(DataError) as e:
+        fetch_dataset("fashion_mnist", tmp_path / "fm", source_dir=str(src), allow_download=True)
+    msg = str(e.value)
+    assert "lacks t10k-labels-idx1-ubyte.gz (or t10k-labels-idx1-ubyte)" in msg, msg
+    assert "train-images" not in msg and "system copy or the download" in msg
+    assert not (tmp_path / "fm").exists()
+
+
+def test_incomplete_cifar_source_dir_names_the_missing_batch_instead_of_downloading(tmp_path):
+    files = _write_cifar(tmp_path / "src/cifar-10-batches-py", "cifar10")
+    (tmp_path / "src/cifar-10-batches-py/data_batch_4").unlink()
+    with pytest.raises(DataError) as e:
+        fetch_dataset("cifar10", tmp_path / "out", source_dir=str(tmp_path / "src"), allow_download=True,
+                      checksums=_md5s(files), urls=("http://127.0.0.1:9/",))
+    msg = str(e.value)
+    assert "lacks cifar-10-python.tar.gz or its extracted folder cifar-10-batches-py/ with data_batch_4" in msg, msg
+    assert "127.0.0.1" not in msg and "use the download" in msg and "system copy" not in msg
+    assert not (tmp_path / "out").exists()

@@ -24,6 +24,11 @@ def channel_stats(images_nhwc: np.ndarray) -> tuple[list[float], list[float]]:
     return x.mean(0).tolist(), x.std(0).tolist()
 
 
+def example_batch(images_nhwc: np.ndarray, n: int = 2) -> np.ndarray:
+    """The first ``n`` images as the float N×C×H×W batch in [0, 1] the encoder takes (MLflow's input example)."""
+    return np.ascontiguousarray(images_nhwc[:n].transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
+
+
 def epoch_batches(num_samples: int, batch_size: int, generator: torch.Generator,
                   device: torch.device) -> Iterator[torch.Tensor]:
     """Index tensors of one epoch: a fresh permutation, full batches only (drop_last).

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sdclr.errors import ConfigError, DataError
-from sdclr.io import atomic_dir, load_npz, save_npz, write_json
+from sdclr.errors import DataError, ParamError
+from sdclr.io import atomic_dir, read_npz, save_npz, write_json
 from sdclr.plots import plot_class_counts
 
 GROUP_NAMES = ("major", "moderate", "minor")
@@ -94,8 +94,8 @@ def hold_out_validation(labels: np.ndarray, val_per_class: int, seed: int) -> tu
     for c in range(num_classes):
         idx = np.flatnonzero(labels == c)
         if len(idx) <= val_per_class:
-            raise ConfigError(
-                f"params.yaml: subsample.val_per_class = {val_per_class} leaves no training images for class {c} "
+            raise ParamError(
+                f"subsample.val_per_class = {val_per_class} leaves no training images for class {c} "
                 f"(it has {len(idx)}); accepted: an integer below {len(idx)}."
             )
         idx = rng.permutation(idx)
@@ -121,14 +121,14 @@ def draw_split(
     if n_max is None:
         n_max = smallest_pool
     if n_max > smallest_pool:
-        raise ConfigError(
-            f"params.yaml: subsample.n_max = {n_max} is larger than the smallest class pool ({smallest_pool} images); "
+        raise ParamError(
+            f"subsample.n_max = {n_max} is larger than the smallest class pool ({smallest_pool} images); "
             f"accepted: null or an integer <= {smallest_pool}."
         )
     counts = longtail_counts(n_max, imbalance_ratio, num_classes)
     if counts[-1] < 1:
-        raise ConfigError(
-            f"params.yaml: subsample.n_max = {n_max} with imbalance_ratio = {imbalance_ratio} leaves the rarest class "
+        raise ParamError(
+            f"subsample.n_max = {n_max} with imbalance_ratio = {imbalance_ratio} leaves the rarest class "
             "with no image; accepted: n_max >= imbalance_ratio."
         )
     class_order = rng.permutation(num_classes).astype(np.int64)
@@ -195,7 +195,7 @@ def write_splits(out_dir, labels, pool, val, splits, sub, seed, class_names) -> 
         save_npz(tmp / "pool_val.npz", pool=pool, val=val)
         for s in splits:
             save_npz(
-                tmp / f"split{s.split_id}.npz",
+                split_file(tmp, s.split_id),
                 longtail=s.longtail, balanced=s.balanced, fewshot=s.fewshot, class_order=s.class_order,
             )
         write_json(tmp / "summary.json", summary)
@@ -203,12 +203,45 @@ def write_splits(out_dir, labels, pool, val, splits, sub, seed, class_names) -> 
     return summary
 
 
-def load_split(splits_dir, split_id: int) -> dict[str, np.ndarray]:
-    """Index arrays of one split plus the shared pool and validation indices."""
+SPLIT_ARRAYS = ("longtail", "balanced", "fewshot", "class_order")
+
+
+def split_file(splits_dir, split_id: int) -> Path:
+    """Where :func:`write_splits` puts split ``split_id``'s index arrays."""
+    return Path(splits_dir) / f"split{split_id}.npz"
+
+
+def load_split(splits_dir, split_id: int, listed_splits=None, num_train: int | None = None) -> dict[str, np.ndarray]:
+    """Index arrays of one split plus the shared pool and validation indices, checked.
+
+    ``listed_splits`` (``subsample.splits``) decides the advice when the split's file is
+    missing: a listed split needs ``dvc repro subsample``, another one must be added to the
+    list first. With ``num_train`` every index must point into the train set of that size.
+    Any problem is one :class:`DataError` sentence naming the file and the fix.
+    """
     splits_dir = Path(splits_dir)
-    path = splits_dir / f"split{split_id}.npz"
+    fix = f"restore it with `dvc checkout {splits_dir}` or re-create it with `dvc repro subsample`"
+    if not splits_dir.is_dir():
+        raise DataError(f"the splits folder {splits_dir} does not exist; create it with `dvc repro subsample`.")
+    path = split_file(splits_dir, split_id)
     if not path.exists():
-        raise DataError(
-            f"{path} does not exist; add {split_id} to subsample.splits in params.yaml and run `dvc repro subsample`."
-        )
-    return {**load_npz(splits_dir / "pool_val.npz"), **load_npz(path)}
+        if listed_splits is not None and split_id not in listed_splits:
+            raise DataError(f"{path} does not exist because split {split_id} is not in subsample.splits "
+                            f"({list(listed_splits)}); add {split_id} to subsample.splits in params.yaml and run "
+                            "`dvc repro subsample`.")
+        if listed_splits is None:
+            raise DataError(f"{path} is missing; run `dvc repro subsample` (after adding {split_id} to "
+                            "subsample.splits in params.yaml if it is not listed there).")
+        raise DataError(f"{path} is missing although split {split_id} is in subsample.splits; "
+                        f"run `dvc repro subsample` (or `dvc checkout {splits_dir}` to restore it).")
+    arrays = {**read_npz(splits_dir / "pool_val.npz", ("pool", "val"), fix), **read_npz(path, SPLIT_ARRAYS, fix)}
+    for name, a in arrays.items():
+        where = splits_dir / "pool_val.npz" if name in ("pool", "val") else path
+        if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
+            raise DataError(f"{where}: {name} is not a list of indices ({a.dtype}, shape {a.shape}); {fix}.")
+        bound = len(arrays["class_order"]) if name == "class_order" else num_train
+        if bound is not None and len(a) and (a.min() < 0 or a.max() >= bound):
+            what = "classes" if name == "class_order" else "train images"
+            raise DataError(f"{where}: {name} holds indices outside the {bound} {what} (the splits were made "
+                            f"from other data); re-create them with `dvc repro subsample`.")
+    return arrays

@@ -3,7 +3,9 @@
 Sources are tried in a fixed order, so the same command works on a laptop with no
 internet, on a machine with Debian's ``dataset-fashion-mnist`` and on a cloud GPU box:
 
-1. ``data.source_dir`` from params.yaml (a directory holding the official files);
+1. ``data.source_dir`` from params.yaml (a directory holding the official files); when it
+   is set it is the only source: a folder that lacks a file is an error naming the file,
+   never a silent fall-back to another copy;
 2. the system copy from Debian's ``dataset-fashion-mnist`` (Fashion-MNIST only);
 3. the official download through torchvision's downloader (when ``data.download``).
 
@@ -211,12 +213,16 @@ class _FileSet:
         except (tarfile.TarError, OSError, EOFError) as e:
             raise DataError(f"{where} cannot be unpacked ({e}); replace it with the official archive.") from None
 
-    def available(self) -> bool:
+    def missing(self) -> list[str]:
+        """The official files (train, test and, for CIFAR, the class-name file) this source lacks."""
         info = DATASET_INFO[self.dataset]
-        names = info.train_files + info.test_files
+        names = info.train_files + info.test_files + ((info.meta_file,) if info.meta_file else ())
         if self._tar_members is not None:
-            return all(n in self._tar_members for n in names)
-        return all(self._plain_path(n) is not None for n in names)
+            return [n for n in names if n not in self._tar_members]
+        return [n for n in names if self._plain_path(n) is None]
+
+    def available(self) -> bool:
+        return not self.missing()
 
     def read(self, name: str) -> bytes:
         if self._tar_members is not None:
@@ -278,6 +284,19 @@ def _no_source_message(dataset: str, tried: list[str]) -> str:
             f"set data.source_dir in params.yaml to a directory holding {wanted}{hint}.")
 
 
+def _incomplete_source_message(dataset: str, source_dir: str, files: _FileSet) -> str:
+    info, missing = DATASET_INFO[dataset], files.missing()
+    if files._tar_members is not None:
+        where = f"{', '.join(missing)} inside {info.archive}"
+    elif info.archive:
+        where = f"{info.archive} or its extracted folder {info.folder}/ with {', '.join(missing)}"
+    else:
+        where = ", ".join(f"{n}.gz (or {n})" for n in missing)
+    fallback = "the system copy or the download" if dataset == "fashion_mnist" else "the download"
+    return (f"data.source_dir = {source_dir} lacks {where}; put the official {dataset} files there, "
+            f"or set data.source_dir to null to use {fallback}.")
+
+
 def _parse(dataset: str, files: _FileSet) -> tuple[dict, dict, list[str]]:
     info = DATASET_INFO[dataset]
     if dataset == "fashion_mnist":
@@ -335,6 +354,8 @@ def fetch_dataset(name: str, out_dir: str | Path, source_dir: str | None = None,
             if fs is not None and fs.available():
                 files = fs
                 break
+            if kind == "source_dir":  # an explicit source that lacks files is a mistake, not a reason to look elsewhere
+                raise DataError(_incomplete_source_message(name, source_dir, fs))
             tried.append(f"{kind} {root}")
         if files is None and allow_download:
             try:

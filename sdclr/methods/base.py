@@ -34,6 +34,8 @@ class Method(nn.Module):
     name: ClassVar[str]
     #: augmented views of each image per step (2 for SimCLR and SDCLR, 1 for sbid)
     views_per_image: ClassVar[int] = 2
+    #: the MLflow metric name of its loss (NT-Xent for the two-view methods)
+    loss_metric: ClassVar[str] = "ntxent_loss"
     #: the params.yaml key of its contrastive temperature (named in error messages)
     temperature_key: ClassVar[str] = "pretrain.temperature"
     #: params its pretrain stage reads beyond :data:`SHARED_STAGE_PARAMS` (dvc.yaml must list them)
@@ -78,6 +80,12 @@ class Method(nn.Module):
     @classmethod
     def shaping_params(cls, params: Params) -> dict:
         """Params beyond the shared ones that shape its training (part of the resume fingerprint)."""
+        return {}
+
+    @classmethod
+    def resolved_params(cls, params: Params) -> dict:
+        """Params whose value in params.yaml is a placeholder (``null`` = the shared value), as
+        used: what its MLflow run logs in their place."""
         return {}
 
     @classmethod

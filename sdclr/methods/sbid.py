@@ -29,6 +29,7 @@ class SingleBranchID(Method):
     name = "sbid"
     views_per_image = 1
     temperature_key = "sbid.temperature"
+    loss_metric = "bank_loss"  # bank cross-entropy + λ · self-distillation
     own_stage_params = ("model.width", "sbid")  # its head is sbid's own, not model.head_*
 
     def __init__(self, net, sbid_params, num_samples: int):
@@ -51,6 +52,11 @@ class SingleBranchID(Method):
     def schedule(cls, params):
         """Its own epochs and lr when set (Cao & Wu: 200 epochs at lr 1.0), else the shared ones."""
         return params.sbid.epochs or params.pretrain.epochs, params.sbid.lr or params.pretrain.lr
+
+    @classmethod
+    def resolved_params(cls, params):
+        epochs, lr = cls.schedule(params)
+        return {"sbid.epochs": epochs, "sbid.lr": lr}
 
     @classmethod
     def lr_key(cls, params):

@@ -1,0 +1,150 @@
+"""Faults found by attacking a fresh clone: each test failed before its fix.
+
+An unreachable tracking server, an unwritable output, the traces a ``kill -9`` leaves (temp
+files, RUNNING runs, a resumed run split in two), files other accounts cannot read, and
+DVC run from the venv without activating it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sdclr import io, tracking
+from sdclr.config import parse_params
+from sdclr.io import load_npz
+from sdclr.train import ModelSpec, pretrain
+from tests.dvc_project import ROOT, project_env, stage_command
+from tests.test_pretrain import tiny_project  # noqa: F401  (a fixture)
+
+
+def _run(cmd, proj, env, timeout=120):
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True, timeout=timeout)
+    return out, time.perf_counter() - t0
+
+
+def test_unreachable_tracking_server_fails_in_seconds_before_any_work(tiny_project):
+    env = project_env(tiny_project, tracking_uri="http://127.0.0.1:9")  # nothing listens on port 9
+    out, seconds = _run(stage_command(tiny_project, "pretrain-simclr", 0), tiny_project, env)
+    assert out.returncode == 2, out.stderr
+    assert seconds < 60, f"took {seconds:.0f} s"
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "http://127.0.0.1:9" in lines[0] and "MLFLOW_TRACKING_URI" in lines[0] and "unset" in lines[0]
+    assert "epoch" not in out.stdout  # training never started
+    assert not (tiny_project / "models/simclr/split0.pt").exists()
+
+
+def test_unwritable_output_is_found_before_training(tiny_project, tmp_path):
+    env = project_env(tiny_project, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    blocker = tiny_project / "blocked"
+    blocker.write_text("a file where the models folder should be")
+    cmd = stage_command(tiny_project, "pretrain-simclr", 0)
+    cmd[cmd.index("--out") + 1] = str(blocker / "split0.pt")
+    out, _ = _run(cmd, tiny_project, env)
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: the output ") and "cannot be written" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and "epoch" not in out.stdout
+
+
+def test_kill_leaves_no_trace_and_the_resumed_run_holds_the_whole_curve(tiny_project, tmp_path):
+    """kill -9 mid-training, with a temp file half-written beside the checkpoint; then re-run."""
+    import mlflow
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = project_env(tiny_project, tracking_uri=store)
+    ckpt = tiny_project / "checkpoints/simclr/split0.ckpt"
+    cmd = stage_command(tiny_project, "pretrain-simclr", 0)
+    proc = subprocess.Popen(cmd, cwd=tiny_project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    assert ckpt.exists(), "no checkpoint was written before the kill"
+    orphan = ckpt.with_name(f".{ckpt.name}.x1y2z3.tmp")  # what a kill during the atomic write leaves
+    orphan.write_bytes(b"half a checkpoint")
+
+    client = mlflow.MlflowClient(store)
+    killed = client.search_runs([client.get_experiment_by_name("sdclr-fashion_mnist").experiment_id])
+    assert [r.info.status for r in killed] == ["RUNNING"]  # what the kill left
+
+    out, _ = _run(cmd, tiny_project, env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "resuming simclr split 0" in out.stdout
+    assert not orphan.exists()
+    runs = client.search_runs([killed[0].info.experiment_id])
+    assert len(runs) == 1 and runs[0].info.run_id == killed[0].info.run_id, "the resumed run is a new run"
+    assert runs[0].info.status == "FINISHED"
+    steps = sorted({m.step for m in client.get_metric_history(runs[0].info.run_id, "ntxent_loss")})
+    assert steps == list(range(1, 7)), steps  # one run holds the whole loss curve
+
+
+def test_a_run_whose_process_died_is_marked_killed_by_the_next_stage(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    client = tracking._mlflow().MlflowClient()
+    exp = tracking.experiment_id("sdclr-test")
+    orphan = client.create_run(exp, tags={"host": socket.gethostname(), "pid": str(dead.pid)}).info.run_id
+    alive = client.create_run(exp, tags={"host": socket.gethostname(), "pid": str(os.getpid())}).info.run_id
+    other_host = client.create_run(exp, tags={"host": "elsewhere", "pid": str(dead.pid)}).info.run_id
+    with tracking.Run("sdclr-test", "next", {}, {}, "stages/evaluate.py"):
+        pass
+    assert client.get_run(orphan).info.status == "KILLED"
+    assert "ended without closing" in client.get_run(orphan).data.tags["killed_note"]
+    assert client.get_run(alive).info.status == "RUNNING"
+    assert client.get_run(other_host).info.status == "RUNNING"  # its process may well be alive there
+
+
+def test_resuming_at_the_last_epoch_reports_the_restored_loss(tiny_project, tmp_path):
+    raw = yaml.safe_load((tiny_project / "params.yaml").read_text())
+    raw["pretrain"]["epochs"] = 2
+    params = parse_params(raw)
+    images = load_npz(tiny_project / "data/raw/fashion_mnist/train.npz")["images"]
+    longtail = load_npz(tiny_project / "data/splits/fashion_mnist/split0.npz")["longtail"]
+    args = (params, "simclr", 0, images, longtail, ModelSpec(1, [0.3], [0.3]), tmp_path / "a.pt", tmp_path / "c.ckpt")
+    first = pretrain(*args)  # leaves its last-epoch checkpoint (the stage deletes it; a kill would not)
+    again = pretrain(*args, log=lambda _: None)
+    assert again.epochs_run == 0 and again.final_loss == first.final_loss
+    assert "nan" not in again.summary() and "images/s" not in again.summary()
+    assert "restored from the checkpoint of its last epoch (2)" in again.summary()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_outputs_respect_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        io.write_json(tmp_path / "out" / "m.json", {"a": 1})
+        with io.atomic_dir(tmp_path / "data") as d:
+            io.save_npz(d / "x.npz", x=__import__("numpy").zeros(2))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out" / "m.json").stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE((tmp_path / "data" / "x.npz").stat().st_mode) == 0o666 & ~umask
+
+
+def test_the_venvs_dvc_runs_stages_with_the_venv_without_activation(tmp_path):
+    """`.venv/bin/dvc repro` from a shell whose PATH lacks the venv: the stage's `python` is the venv's."""
+    dvc = ROOT / ".venv/bin/dvc"
+    if not dvc.exists():
+        pytest.skip(f"{dvc} does not exist: run the tests through `bash scripts/test.sh` (it sets the venv up)")
+    env = {"HOME": os.environ.get("HOME", str(tmp_path)), "PATH": "/usr/bin:/bin"}  # as a fresh login shell
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([str(dvc), "init", "-q"], cwd=tmp_path, check=True, env=env)
+    (tmp_path / "dvc.yaml").write_text(
+        'stages:\n  which:\n    cmd: python -c "import sys, mlflow, torch; print(sys.prefix)" > out.txt\n'
+        "    outs: [out.txt]\n")
+    out = subprocess.run([str(dvc), "repro", "-q"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert Path((tmp_path / "out.txt").read_text().strip()).resolve() == (ROOT / ".venv").resolve()
