@@ -65,7 +65,13 @@ def _pretrain_cmd(method: str, proj: Path) -> list[str]:
 
 @pytest.mark.parametrize("method", ["sdclr", "sbid"])
 def test_kill_then_rerun_resumes_and_matches_an_uninterrupted_run(tiny_project, tmp_path, method):
-    """sdclr: masks are recomputed from restored weights; sbid: the memory bank is restored."""
+    """sdclr: masks are recomputed from restored weights; sbid: the memory bank is restored.
+
+    And the kill leaves no trace: the temp file of an interrupted write is removed, and the
+    MLflow run the kill left RUNNING is resumed, not duplicated.
+    """
+    import mlflow
+
     env = project_env(tiny_project, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     ckpt = tiny_project / f"checkpoints/{method}/split0.ckpt"
 
@@ -84,11 +90,22 @@ def test_kill_then_rerun_resumes_and_matches_an_uninterrupted_run(tiny_project, 
         torch.testing.assert_close(bank.norm(dim=1), torch.ones(len(bank)))
     assert 1 <= killed_at < 6, f"the process was not killed partway (checkpoint at epoch {killed_at})"
     assert not (tiny_project / f"models/{method}/split0.pt").exists()
+    orphan = ckpt.with_name(f".{ckpt.name}.x1y2z3.tmp")  # what a kill during the atomic write leaves
+    orphan.write_bytes(b"half a checkpoint")
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    killed_runs = client.search_runs([client.get_experiment_by_name("sdclr-fashion_mnist").experiment_id])
+    assert [r.info.status for r in killed_runs] == ["RUNNING"]  # what the kill left
 
     rerun = subprocess.run(_pretrain_cmd(method, tiny_project), cwd=tiny_project, env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert f"resuming {method} split 0 from epoch {killed_at}" in rerun.stdout
     assert not ckpt.exists()  # superseded by the final encoder
+    assert not orphan.exists()
+    # The resumed run is the killed run, reopened: one run holds the whole loss curve.
+    runs = client.search_runs([killed_runs[0].info.experiment_id])
+    assert [(r.info.run_id, r.info.status) for r in runs] == [(killed_runs[0].info.run_id, "FINISHED")]
+    loss = "bank_loss" if method == "sbid" else "ntxent_loss"
+    assert sorted({m.step for m in client.get_metric_history(runs[0].info.run_id, loss)}) == list(range(1, 7))
     resumed = checkpoint.load(tiny_project / f"models/{method}/split0.pt", "cpu")["net"]
     history = (tiny_project / f"reports/pretrain/{method}/split0.csv").read_text().splitlines()
     assert len(history) == 1 + 6  # header + every epoch, the ones before the kill included
