@@ -19,12 +19,21 @@ Examples::
 "images_per_s" counts source images; "views_per_s" the augmented views through the encoder
 (two per image for simclr/sdclr, one for sbid); "epoch_s" is the time of one epoch over
 ``--train-images`` images at that rate.
+
+``--baselines`` (3-channel images) also measures, in the same run, the eager model-only
+bound and a conventional DataLoader pipeline (``benchmarks/baselines.py``) and prints the
+ratios; ``--out FILE`` appends every line to a JSON-lines file (one per device and date
+under ``benchmarks/results/``), so the numbers can be re-read::
+
+    python benchmarks/pretrain_throughput.py --device cuda --width 64 --batch 512 --size 32 \
+        --channels 3 --amp bf16 --baselines --out benchmarks/results/h100-$(date +%F).jsonl
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -112,6 +121,37 @@ def measure(args) -> dict:
     }
 
 
+def measure_baseline(args) -> dict:
+    import numpy as np
+    import torch
+
+    from benchmarks.baselines import measure as measure_one
+    from sdclr.train import resolve_device
+
+    device = resolve_device(args.device)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (max(args.batch * 4, 2048), args.size, args.size, 3), dtype=np.uint8)
+    on_cuda = device.type == "cuda"
+    channels_last = args.channels_last == "on" or (args.channels_last == "auto" and on_cuda)
+    row = measure_one(args.baseline, device, images, args.batch, args.steps, args.warmup, args.amp == "bf16",
+                      channels_last, args.workers)
+    return {**row, "device": str(device), "device_name": torch.cuda.get_device_name(device) if on_cuda else "cpu",
+            "width": 64, "batch": args.batch, "size": args.size, "channels": 3, "amp": args.amp,
+            "channels_last": channels_last, "threads": torch.get_num_threads(), "steps": args.steps,
+            "torch": torch.__version__}
+
+
+def ratios(rows: list[dict]) -> dict:
+    """Each method's images/s over the baselines' and over SimCLR's (same run, same settings)."""
+    rate = {r.get("method") or r.get("baseline"): r["images_per_s"] for r in rows if "images_per_s" in r}
+    out = {}
+    for m in ("simclr", "sdclr", "sbid"):
+        for ref in ("model_bound", "conventional", "simclr"):
+            if m in rate and ref in rate and m != ref:
+                out[f"{m}/{ref}"] = round(rate[m] / rate[ref], 3)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", default="simclr,sdclr,sbid", help="comma-separated method keys")
@@ -129,23 +169,48 @@ def main() -> None:
                    help="override a params.yaml key for every configuration, e.g. --set sbid.negatives=4096")
     p.add_argument("--steps", type=int, default=20, help="timed steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
+    p.add_argument("--baselines", action="store_true",
+                   help="also the eager model-only bound and a conventional DataLoader pipeline (3 channels)")
+    p.add_argument("--workers", type=int, default=max(1, min(14, (os.cpu_count() or 2) - 2)),
+                   help="DataLoader worker processes of the conventional baseline")
+    p.add_argument("--out", type=Path, help="append every JSON line to this file")
     p.add_argument("--method", help=argparse.SUPPRESS)  # internal: run one configuration in this process
+    p.add_argument("--baseline", help=argparse.SUPPRESS)  # internal: run one baseline in this process
     args = p.parse_args()
 
     if args.method:
         print(json.dumps(measure(args)), flush=True)
         return
+    if args.baseline:
+        print(json.dumps(measure_baseline(args)), flush=True)
+        return
+    if args.baselines and (args.channels != 3 or args.width != 64):
+        p.error("--baselines needs --channels 3 and --width 64: the baselines are torchvision's ResNet-18 "
+                "and the SimCLR CIFAR input pipeline, comparable only to the paper's setting")
     compiles = ["off", "on"] if args.compile == "both" else [args.compile]
     base = [a for a in sys.argv[1:]]
-    for method in args.methods.split(","):
-        for comp in compiles:
-            cmd = [sys.executable, __file__, *base, "--method", method, "--compile", comp]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                print(json.dumps({"method": method, "compile": comp == "on",
-                                  "error": proc.stderr.strip().splitlines()[-1:]}), flush=True)
-            else:
-                print(proc.stdout.strip().splitlines()[-1], flush=True)
+    configs = [(["--method", m, "--compile", c], {"method": m, "compile": c == "on"})
+               for m in args.methods.split(",") for c in compiles]
+    if args.baselines:
+        configs += [(["--baseline", b], {"baseline": b}) for b in ("model_bound", "conventional")]
+    rows = []
+    for extra, label in configs:
+        proc = subprocess.run([sys.executable, __file__, *base, *extra], capture_output=True, text=True)
+        row = ({**label, "error": proc.stderr.strip().splitlines()[-1:]} if proc.returncode != 0
+               else json.loads(proc.stdout.strip().splitlines()[-1]))
+        rows.append(row)
+        emit(row, args.out)
+    if args.baselines or len(rows) > 1:
+        emit({"ratios": ratios(rows), "date": time.strftime("%Y-%m-%d")}, args.out)
+
+
+def emit(row: dict, out: Path | None) -> None:
+    line = json.dumps(row)
+    print(line, flush=True)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "a") as f:
+            f.write(line + "\n")
 
 
 if __name__ == "__main__":

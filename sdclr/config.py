@@ -155,7 +155,7 @@ class PretrainParams:
     checkpoint_every: int = _p(positive("a positive integer"), "epochs between resume checkpoints")
     amp: Literal["auto", "bf16", "off"] = _p(None, "autocast: auto = bf16 on CUDA, off on CPU")
     channels_last: Literal["auto", "on", "off"] = _p(None, "memory format: auto = channels_last on CUDA")
-    compile: bool = _p(None, "wrap the model in torch.compile")
+    compile: bool = _p(None, "torch.compile the network (a failed compile: one line, then eager)")
     nproc: int = _p(positive("a positive integer"), "processes (GPUs) per node; > 1: the stage launches torchrun itself")
     sync_bn: bool = _p(None, "SyncBatchNorm across processes (CUDA, nproc > 1); false = per-process BN statistics")
 

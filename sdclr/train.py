@@ -2,7 +2,8 @@
 
 SGD with momentum, linear warm-up then per-iteration cosine decay to 0, weight decay;
 bf16 autocast and channels_last on CUDA (params ``pretrain.amp`` / ``channels_last``);
-optional ``torch.compile``. The data is on the device and augmented there. A NaN/inf
+optional ``torch.compile`` of the network (a failed compile is one line and the run goes on
+eagerly). The data is on the device and augmented there. A NaN/inf
 loss stops the run with :class:`TrainingError` and leaves the last good checkpoint in
 place; checkpoints are written atomically every ``checkpoint_every`` epochs and resumed
 from only when their fingerprint matches.
@@ -111,7 +112,7 @@ class Training:
     """Everything one pretraining run holds: made by :func:`build`, advanced by :func:`run_epoch`."""
 
     method: Method
-    step_fn: Callable  # the method, DDP-wrapped under torchrun, compiled if asked
+    step_fn: Callable  # the method, DDP-wrapped under torchrun
     optimizer: torch.optim.Optimizer
     data: torch.Tensor  # this rank's shard of the subset, uint8 NCHW on the device
     positions: torch.Tensor  # the shard rows' indices in the whole subset (= sbid's bank rows)
@@ -129,6 +130,8 @@ class Training:
     label: str  # "<method> split <k>", for progress bars and messages
     history: list[dict] = field(default_factory=list)  # per-epoch metrics, carried through checkpoints
     start_epoch: int = 0
+    compile_pending: bool = False  # the network's forward is compiled and its first step is still to come
+    log: Callable[[str], None] = print
 
     @property
     def total_steps(self) -> int:
@@ -140,7 +143,31 @@ class Training:
 
     def step(self, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One optimisation step on the shard rows ``idx`` (what the benchmark times, too)."""
+        if self.compile_pending:
+            return self._first_compiled_step(idx)
         return train_step(self.step_fn, self.optimizer, self.data[idx], self.positions[idx], self.gen, self.use_bf16)
+
+    def _first_compiled_step(self, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The first step compiles; if compiling fails, say so in one line and go on eagerly.
+
+        A failed attempt may have run part of the step (augmentation draws, BatchNorm
+        statistics, sbid's bank), so the weights, buffers and random states are restored
+        first: the eager run then continues exactly as if compile had never been asked for.
+        """
+        self.compile_pending = False
+        saved = ({k: v.clone() for k, v in self.method.state_dict().items()}, self.gen.get_state(),
+                 torch.get_rng_state())
+        try:
+            return self.step(idx)
+        except Exception as e:  # Dynamo, AOTAutograd, Inductor, Triton or the C++ compiler
+            self.method.load_state_dict(saved[0])
+            self.gen.set_state(saved[1])
+            torch.set_rng_state(saved[2])
+            del self.method.net.forward  # the instance attribute torch.compile set: back to the eager forward
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            self.log(f"note: torch.compile failed ({type(e).__name__}: {first}); {self.label} continues without it "
+                     "(set pretrain.compile: false to skip the attempt).")
+            return self.step(idx)
 
 
 def build(params: Params, method_name: str, split_id: int, images: np.ndarray, indices: np.ndarray,
@@ -173,10 +200,12 @@ def build(params: Params, method_name: str, split_id: int, images: np.ndarray, i
     gen.manual_seed(params.seed * 1000 + split_id + 1 + 100_003 * ctx.rank)
     shared_gen.manual_seed(params.seed * 1000 + split_id + 2)
     method.shared_generator = shared_gen if ctx.active else None
+    if p.compile:  # the network only: the augmentation and the losses run eagerly (their fused kernels
+        method.net.forward = torch.compile(method.net.forward)  # are what failed to compile on an H100)
     trained = distributed.wrap(method, ctx, device, p.sync_bn)
     optimizer = torch.optim.SGD(method.parameters(), lr=peak_lr, momentum=p.momentum, weight_decay=p.weight_decay)
     return Training(
-        method=method, step_fn=torch.compile(trained) if p.compile else trained, optimizer=optimizer, data=data,
+        method=method, step_fn=trained, compile_pending=p.compile, optimizer=optimizer, data=data,
         positions=positions.to(device), gen=gen, shared_gen=shared_gen, ctx=ctx,
         use_bf16=p.amp == "bf16" or (p.amp == "auto" and on_cuda), epochs=epochs, peak_lr=peak_lr,
         lr_key=cls.lr_key(params), local_batch=local_batch, steps_per_epoch=steps_per_epoch,
@@ -300,6 +329,7 @@ def pretrain(
     """
     t = build(params, method_name, split_id, images, indices, spec)
     log = log if t.ctx.is_main else _silent  # rank 0 speaks, writes and tracks; the others only compute
+    t.log = log
     restore(t, ckpt_path, log)
     rate, seconds, last = 0.0, 0.0, t.start_epoch
     for epoch in range(t.start_epoch, t.epochs):

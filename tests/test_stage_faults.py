@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from sdclr import io, tracking
@@ -116,3 +117,27 @@ def test_the_venvs_dvc_runs_stages_with_the_venv_without_activation(tmp_path):
     out = subprocess.run([str(dvc), "repro", "-q"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert Path((tmp_path / "out.txt").read_text().strip()).resolve() == (ROOT / ".venv").resolve()
+
+
+def test_a_failing_compile_is_one_line_and_the_run_goes_on_eagerly(tiny_project, tmp_path):
+    """No working C++ compiler (CXX=/bin/false): Inductor fails on the first step; the run must
+    finish, say so in one line naming the param, and train exactly what the eager run trains."""
+    from sdclr import checkpoint
+
+    env = project_env(tiny_project, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    params = yaml.safe_load((tiny_project / "params.yaml").read_text())
+    params["pretrain"]["epochs"] = 2
+    nets = {}
+    for compile_ in (True, False):
+        params["pretrain"]["compile"] = compile_
+        (tiny_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        run_env = {**env, "CXX": "/bin/false", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+        out, _ = _run(stage_command(tiny_project, "pretrain-sdclr", 0), tiny_project, run_env, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        notes = [line for line in out.stdout.splitlines() if "torch.compile failed" in line]
+        assert len(notes) == (1 if compile_ else 0), out.stdout
+        if compile_:
+            assert "pretrain.compile: false" in notes[0] and "Traceback" not in out.stdout + out.stderr
+        nets[compile_] = checkpoint.load(tiny_project / "models/sdclr/split0.pt", "cpu")["net"]
+    for k in nets[False]:
+        assert torch.equal(nets[True][k], nets[False][k]), f"{k}: the eager fallback trained something else"
