@@ -152,12 +152,23 @@ class PretrainParams:
     weight_decay: float = _p(non_negative(), "SGD weight decay")
     warmup_epochs: int = _p(non_negative("an integer"), "linear warm-up epochs before cosine decay")
     temperature: float = _p(positive(), "NT-Xent temperature")
+    temperature_schedule: Literal["constant", "cosine"] = _p(
+        None, "constant: the temperature above (sbid: sbid.temperature) | cosine: TS (Kukleva et al. 2023), "
+        "every method's τ moves between tau_min and tau_max")
+    tau_min: float = _p(positive(), "cosine schedule: lowest τ (TS: 0.1)")
+    tau_max: float = _p(positive(), "cosine schedule: highest τ (TS: 1.0)")
+    period_epochs: int = _p(positive("a positive integer"), "cosine schedule: period T in epochs (TS: 400 = 2·t_max)")
     checkpoint_every: int = _p(positive("a positive integer"), "epochs between resume checkpoints")
     amp: Literal["auto", "bf16", "off"] = _p(None, "autocast: auto = bf16 on CUDA, off on CPU")
     channels_last: Literal["auto", "on", "off"] = _p(None, "memory format: auto = channels_last on CUDA")
     compile: bool = _p(None, "torch.compile the network (a failed compile: one line, then eager)")
     nproc: int = _p(positive("a positive integer"), "processes (GPUs) per node; > 1: the stage launches torchrun itself")
     sync_bn: bool = _p(None, "SyncBatchNorm across processes (CUDA, nproc > 1); false = per-process BN statistics")
+
+    def __post_init__(self):
+        if self.tau_min > self.tau_max:
+            raise ParamError(f"pretrain.tau_min = {self.tau_min} is above pretrain.tau_max = {self.tau_max}; "
+                             "accepted: tau_min <= tau_max.")
 
 
 @dataclass(frozen=True)

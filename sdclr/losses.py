@@ -7,6 +7,7 @@ precision in bf16, and the log-softmax over them is the whole training signal.
 
 from __future__ import annotations
 
+import math
 import torch
 from torch.nn import functional as F
 
@@ -100,3 +101,15 @@ def bank_instance_loss(z_hat: torch.Tensor, bank_rows: torch.Tensor, own: torch.
         lam = lam if torch.is_tensor(lam) else float(lam)  # per-row under DDP (CutMix draws per rank)
         return _BankInstanceLoss.apply(z_hat.to(dtype), bank_rows.to(dtype), own, partner, lam,
                                        float(temperature), float(sd_weight))
+
+
+def cosine_temperature(epoch: int, tau_min: float, tau_max: float, period_epochs: int) -> float:
+    """The temperature schedule of TS (Kukleva et al., ICLR 2023, Algorithm 1).
+
+    τ(e) = τ_min + ½(τ_max − τ_min)(1 + cos(2π·e/T)) for epoch e counted from 1, held for
+    the whole epoch and used in the positive and every negative term. High τ spreads the
+    loss over all negatives (group-wise discrimination, which helps tail classes); low τ
+    sharpens it (instance discrimination); cycling between them serves both. The official
+    code writes ``cos(π·e/t_max)`` with t_max = T/2 = 200.
+    """
+    return tau_min + 0.5 * (tau_max - tau_min) * (1.0 + math.cos(2.0 * math.pi * epoch / period_epochs))

@@ -21,6 +21,7 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Callable
@@ -34,6 +35,7 @@ from sdclr.data.augment import BatchAugment
 from sdclr.data.device_data import epoch_batches, to_device_uint8
 from sdclr.errors import DataError, ParamError, TrainingError
 from sdclr.io import write_bytes
+from sdclr.losses import cosine_temperature
 from sdclr.methods import Method, method_class
 from sdclr.models import HeadSpec, build_model
 
@@ -130,6 +132,7 @@ class Training:
     label: str  # "<method> split <k>", for progress bars and messages
     history: list[dict] = field(default_factory=list)  # per-epoch metrics, carried through checkpoints
     start_epoch: int = 0
+    temperature_at: Callable[[int], float] | None = None  # epoch (from 1) → τ, when a schedule is set
     compile_pending: bool = False  # the network's forward is compiled and its first step is still to come
     log: Callable[[str], None] = print
 
@@ -206,6 +209,8 @@ def build(params: Params, method_name: str, split_id: int, images: np.ndarray, i
     optimizer = torch.optim.SGD(method.parameters(), lr=peak_lr, momentum=p.momentum, weight_decay=p.weight_decay)
     return Training(
         method=method, step_fn=trained, compile_pending=p.compile, optimizer=optimizer, data=data,
+        temperature_at=partial(cosine_temperature, tau_min=p.tau_min, tau_max=p.tau_max, period_epochs=p.period_epochs)
+        if p.temperature_schedule == "cosine" else None,
         positions=positions.to(device), gen=gen, shared_gen=shared_gen, ctx=ctx,
         use_bf16=p.amp == "bf16" or (p.amp == "auto" and on_cuda), epochs=epochs, peak_lr=peak_lr,
         lr_key=cls.lr_key(params), local_batch=local_batch, steps_per_epoch=steps_per_epoch,
@@ -273,6 +278,8 @@ def run_epoch(t: Training, epoch: int, ckpt_path: Path) -> tuple[dict[str, float
     from tqdm import tqdm
 
     t.step_fn.train()
+    if t.temperature_at is not None:
+        t.method.temperature = t.temperature_at(epoch + 1)
     metrics = t.method.on_epoch_start(epoch)
     loss_sum, extra_sums = torch.zeros((), device=t.data.device), {}
     t0 = time.perf_counter()
@@ -292,9 +299,10 @@ def run_epoch(t: Training, epoch: int, ckpt_path: Path) -> tuple[dict[str, float
             running = loss_sum.item() / (i + 1)
             if not math.isfinite(running):
                 bar.close()
+                tau_key = "pretrain.tau_min" if t.temperature_at else t.method.temperature_key
                 raise TrainingError(
                     f"{t.label}: the loss became {running} at epoch {epoch + 1} step {i + 1}; lower {t.lr_key} "
-                    f"(now {t.peak_lr}) or raise {t.method.temperature_key} (now {t.method.temperature}) — "
+                    f"(now {t.peak_lr}) or raise {tau_key} (τ now {t.method.temperature}) — "
                     f"the last good checkpoint {ckpt_path} is kept.")
             bar.set_postfix(loss=f"{running:.4f}", img_s=f"{(i + 1) * t.global_batch / (time.perf_counter() - t0):.0f}")
             bar.update(i + 1 - bar.n)

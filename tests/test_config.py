@@ -56,6 +56,8 @@ BAD = [
     ("lr", 0.1, ["unknown key", "'lr'", "prune_ratio"]),
     ("pretrain.lr", _DELETE, ["missing key", "pretrain.lr"]),
     ("data", 3, ["data", "a mapping"]),
+    ("pretrain.temperature_schedule", "linear", ["pretrain.temperature_schedule", "'cosine'"]),
+    ("pretrain.tau_min", 2.0, ["pretrain.tau_min", "tau_max", "tau_min <= tau_max"]),
 ]
 
 

@@ -114,3 +114,17 @@ def test_fused_bank_loss_matches_the_autograd_composition(lam, sd_weight):
     torch.testing.assert_close(entropy_p, -(p * p.log()).sum(1).mean())
     q = (cos / tau).softmax(1)
     torch.testing.assert_close(entropy_q, -(q * q.log()).sum(1).mean())
+
+
+def test_cosine_temperature_schedule_of_ts_at_chosen_epochs():
+    """TS: τ_max at the period's ends, τ_min at its middle, the mean at its quarters (T = 400)."""
+    import math
+
+    from sdclr.losses import cosine_temperature
+
+    tau = lambda e: cosine_temperature(e, 0.1, 1.0, 400)  # noqa: E731
+    assert math.isclose(tau(0), 1.0) and math.isclose(tau(400), 1.0)
+    assert math.isclose(tau(200), 0.1)  # the official t_max = 200: the minimum
+    assert math.isclose(tau(100), 0.55) and math.isclose(tau(300), 0.55)
+    assert math.isclose(tau(1), 0.1 + 0.45 * (1 + math.cos(2 * math.pi / 400)))  # epoch 1: just below τ_max
+    assert all(0.1 <= tau(e) <= 1.0 for e in range(1, 2001))

@@ -162,3 +162,24 @@ def test_lr_schedule_warmup_then_cosine_to_zero():
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
     assert lrs[-1] < 0.001 and lr_at(55, 100, 10, 1.0) == pytest.approx(0.5)
+
+
+def test_temperature_schedule_sets_each_epochs_tau_and_is_logged(tiny_project, tmp_path):
+    """pretrain.temperature_schedule: cosine → every method's τ follows TS epoch by epoch (sbid's too)."""
+    from sdclr.io import load_npz
+    from sdclr.losses import cosine_temperature
+
+    raw = yaml.safe_load((tiny_project / "params.yaml").read_text())
+    raw["pretrain"].update(epochs=4, temperature_schedule="cosine", tau_min=0.1, tau_max=0.5, period_epochs=4)
+    params = parse_params(raw)
+    train = load_npz(tiny_project / "data/raw/fashion_mnist/train.npz")
+    lt = load_npz(tiny_project / "data/splits/fashion_mnist/split0.npz")["longtail"]
+    for method in ("simclr", "sbid"):
+        history = tmp_path / f"{method}.csv"
+        pretrain(params, method, 0, train["images"], lt, ModelSpec(1, [0.3], [0.3]), tmp_path / f"{method}.pt",
+                 tmp_path / f"{method}.ckpt", history_path=history, log=lambda _: None)
+        rows = [dict(zip(*(line.split(",") for line in (history.read_text().splitlines()[0], row))))
+                for row in history.read_text().splitlines()[1:]]
+        logged = [float(r["temperature"]) for r in rows]
+        assert logged == pytest.approx([cosine_temperature(e, 0.1, 0.5, 4) for e in (1, 2, 3, 4)], rel=1e-5)
+        assert logged[1] == pytest.approx(0.1)  # e = T/2: τ_min
