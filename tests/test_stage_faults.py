@@ -126,18 +126,18 @@ def test_a_failing_compile_is_one_line_and_the_run_goes_on_eagerly(tiny_project,
 
     env = project_env(tiny_project, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     params = yaml.safe_load((tiny_project / "params.yaml").read_text())
-    params["pretrain"]["epochs"] = 2
+    params["pretrain"]["epochs"] = 1
     nets = {}
     for compile_ in (True, False):
         params["pretrain"]["compile"] = compile_
         (tiny_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         run_env = {**env, "CXX": "/bin/false", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
-        out, _ = _run(stage_command(tiny_project, "pretrain-sdclr", 0), tiny_project, run_env, timeout=600)
+        out, _ = _run(stage_command(tiny_project, "pretrain-simclr", 0), tiny_project, run_env, timeout=600)
         assert out.returncode == 0, out.stderr[-3000:]
         notes = [line for line in out.stdout.splitlines() if "torch.compile failed" in line]
         assert len(notes) == (1 if compile_ else 0), out.stdout
         if compile_:
             assert "pretrain.compile: false" in notes[0] and "Traceback" not in out.stdout + out.stderr
-        nets[compile_] = checkpoint.load(tiny_project / "models/sdclr/split0.pt", "cpu")["net"]
+        nets[compile_] = checkpoint.load(tiny_project / "models/simclr/split0.pt", "cpu")["net"]
     for k in nets[False]:
         assert torch.equal(nets[True][k], nets[False][k]), f"{k}: the eager fallback trained something else"
