@@ -51,3 +51,29 @@ def test_simclr_sends_both_views_through_the_dense_branch():
     loss, _ = method(images, torch.arange(8), torch.Generator())
     z1, z2 = net(torch.cat([_fixed_views(images, None)] * 2), branch=DENSE).chunk(2)
     torch.testing.assert_close(loss, nt_xent(z1, z2, 0.2))
+
+
+def test_every_method_uses_the_temperature_the_loop_sets():
+    """A temperature schedule sets ``method.temperature`` each epoch: the loss must use that
+    attribute, not the value params.yaml gave at construction (sbid read its params once)."""
+    import yaml
+
+    from sdclr.config import parse_params
+    from tests.dvc_project import ROOT
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["model"].update(width=8, head_hidden=16, proj_dim=8)
+    raw["sbid"].update(head_hidden=16, proj_dim=8, negatives=0)
+    for name, cls in METHODS.items():
+        losses = []
+        for built_with, set_to in ((0.5, None), (0.2, 0.5)):
+            raw["pretrain"]["temperature"] = raw["sbid"]["temperature"] = built_with
+            params = parse_params(raw)
+            torch.manual_seed(0)
+            net = build_model(8, 1, [0.5], [0.25], cls.head_spec(params))
+            method = cls.from_params(params, net, num_samples=8).configure(_fixed_views, channels_last=False).train()
+            method.on_epoch_start(0)
+            if set_to is not None:
+                method.temperature = set_to
+            losses.append(method(_batch(), torch.arange(8), torch.Generator().manual_seed(3))[0])
+        torch.testing.assert_close(losses[0], losses[1], msg=f"{name} ignores the temperature the loop set")

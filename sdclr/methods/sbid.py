@@ -110,7 +110,7 @@ class SingleBranchID(Method):
         own = indices if columns is None else torch.arange(len(indices), device=indices.device)
         partner = own[partner_pos]
         loss, residual, entropy_p, entropy_q = bank_instance_loss(
-            z_hat, self.bank.rows(columns), own, partner, lam, cfg.temperature, cfg.self_distill_weight)
+            z_hat, self.bank.rows(columns), own, partner, lam, self.temperature, cfg.self_distill_weight)
 
         with torch.no_grad():  # the loss saved only its gradient, so the bank may change in place now
             if cfg.bank_update == "momentum":
