@@ -145,7 +145,7 @@ def ratios(rows: list[dict]) -> dict:
     """Each method's images/s over the baselines' and over SimCLR's (same run, same settings)."""
     rate = {r.get("method") or r.get("baseline"): r["images_per_s"] for r in rows if "images_per_s" in r}
     out = {}
-    for m in ("simclr", "sdclr", "sbid"):
+    for m in (r["method"] for r in rows if "method" in r and "images_per_s" in r):  # every method measured
         for ref in ("model_bound", "conventional", "simclr"):
             if m in rate and ref in rate and m != ref:
                 out[f"{m}/{ref}"] = round(rate[m] / rate[ref], 3)
