@@ -6,15 +6,17 @@ device, model, method, optimizer, precision, memory format, compile) and times i
 on synthetic uint8 images, so it can never measure something training does not run.
 Each configuration runs in a fresh subprocess, so peak memory is that configuration's
 own (CUDA: ``torch.cuda.max_memory_allocated``; CPU: the process's peak RSS) and
-``torch.compile`` caches don't leak between configurations.
+``torch.compile``'s in-memory state doesn't leak between configurations. ``--warm-parallel``
+first runs every compiled configuration for a few steps at once, so Inductor's on-disk
+cache is warm when each is then timed alone: the same numbers, minutes sooner.
 
 Examples::
 
     # this machine's CPU default (Fashion-MNIST-sized images)
     python benchmarks/pretrain_throughput.py --width 16 --batch 256 --size 28 --channels 1
-    # the paper's CIFAR setting on a GPU, bf16, with and without torch.compile
+    # the paper's CIFAR setting on a GPU, bf16, eager and two torch.compile modes
     python benchmarks/pretrain_throughput.py --device cuda --width 64 --batch 512 --size 32 \
-        --channels 3 --amp bf16 --compile both
+        --channels 3 --amp bf16 --compile off,default,reduce-overhead --warm-parallel
 
 "images_per_s" counts source images; "views_per_s" the augmented views through the encoder
 (two per image for simclr/sdclr, one for sbid); "epoch_s" is the time of one epoch over
@@ -59,7 +61,9 @@ def measure(args) -> dict:
     raw["device"] = args.device
     raw["model"]["width"] = args.width
     raw["pretrain"].update(batch_size=args.batch, amp=args.amp, channels_last=args.channels_last,
-                           compile=args.compile == "on", nproc=1)
+                           compile=args.compile != "off", nproc=1)
+    if args.compile != "off":
+        raw["pretrain"]["compile_mode"] = args.compile
     for item in args.set or []:  # e.g. sbid.negatives=4096
         key, _, value = item.partition("=")
         *parents, leaf = key.split(".")
@@ -75,29 +79,39 @@ def measure(args) -> dict:
     spec = ModelSpec(args.channels, [0.5] * args.channels, [0.25] * args.channels)
     t = build(params, args.method, 0, images, np.arange(args.train_images), spec)
     device = t.data.device
+    if args.cudnn_benchmark != "auto":  # a lever measured on its own (build turns it on for CUDA)
+        torch.backends.cudnn.benchmark = args.cudnn_benchmark == "on"
+    if args.augment_compile == "off":  # a lever measured on its own: compile the network only
+        t.method.augment.uncompile()
+    if args.sgd == "fused":  # a lever measured on its own: one fused kernel for the SGD update
+        group = t.optimizer.param_groups[0]
+        t.optimizer = torch.optim.SGD(t.method.parameters(), lr=group["lr"], momentum=group["momentum"],
+                                      weight_decay=group["weight_decay"], fused=True)
     on_cuda = device.type == "cuda"
     t.step_fn.train()
     t.method.on_epoch_start(0)
 
-    def run(steps: int) -> float:
-        loss = torch.zeros((), device=device)
+    def run(steps: int) -> torch.Tensor:
+        losses = []
         for _ in range(steps):
             idx = torch.randperm(len(t.positions), device=device, generator=t.gen)[: args.batch]
-            loss += t.step(idx)[0]
-        return float(loss)  # one sync at the end
+            losses.append(t.step(idx)[0])
+        return torch.stack(losses).cpu()  # one sync at the end
 
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(device)
     t_warm = time.perf_counter()
-    run(args.warmup)
+    warm_losses = run(args.warmup)
     warmup_s = time.perf_counter() - t_warm
-    if on_cuda:
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    final = run(args.steps)
-    if on_cuda:
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - t0
+    times, losses = [], [warm_losses]
+    for _ in range(args.repeats):  # the median of several timed windows
+        if on_cuda:
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        losses.append(run(args.steps))
+        times.append(time.perf_counter() - t0)
+    seconds = sorted(times)[len(times) // 2]
+    losses = torch.cat(losses)
     if on_cuda:
         peak_mb, kind = torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
     else:
@@ -108,15 +122,21 @@ def measure(args) -> dict:
         "device_name": torch.cuda.get_device_name(device) if on_cuda else "cpu",
         "width": args.width, "batch": args.batch, "size": args.size, "channels": args.channels,
         "head": asdict(cls.head_spec(params)), "overrides": args.set or [], "amp": args.amp,
-        "channels_last": t.method.channels_last, "compile": args.compile == "on",
-        "threads": torch.get_num_threads(), "steps": args.steps,
+        "channels_last": t.method.channels_last, "compile": args.compile,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark, "sgd": args.sgd,
+        "augment_compiled": args.compile != "off" and args.augment_compile == "auto",
+        "threads": torch.get_num_threads(), "steps": args.steps, "repeats": args.repeats,
         "images_per_s": round(args.steps * args.batch / seconds, 1),
         "views_per_s": round(args.steps * args.batch * cls.views_per_image / seconds, 1),
         "ms_per_step": round(1000 * seconds / args.steps, 2),
         "epoch_s": round((args.train_images // args.batch) * seconds / args.steps, 1),
         "warmup_s": round(warmup_s, 2),
         "peak_memory_mb": round(peak_mb, 1), "memory_kind": kind,
-        "loss_finite": bool(final == final and abs(final) != float("inf")),
+        "loss_finite": bool(torch.isfinite(losses).all()),
+        # the loss of every step from the first (warm-up included), same seed for every
+        # configuration: an optimised path must follow the plain one within bf16 noise
+        "loss_first": round(float(losses[0]), 5), "loss_mean": round(float(losses.mean()), 5),
+        "loss_last": round(float(losses[-1]), 5),
         "torch": torch.__version__,
     }
 
@@ -141,14 +161,27 @@ def measure_baseline(args) -> dict:
             "torch": torch.__version__}
 
 
+def _label(row: dict) -> str:
+    """``simclr`` (eager), ``simclr+reduce-overhead`` (compiled), or the baseline's name."""
+    if "baseline" in row:
+        return row["baseline"]
+    mode = row.get("compile", "off")
+    return row["method"] if mode in ("off", False) else f"{row['method']}+{'default' if mode is True else mode}"
+
+
 def ratios(rows: list[dict]) -> dict:
-    """Each method's images/s over the baselines' and over SimCLR's (same run, same settings)."""
-    rate = {r.get("method") or r.get("baseline"): r["images_per_s"] for r in rows if "images_per_s" in r}
+    """Each configuration's images/s over the baselines' and over SimCLR's in the same compile
+    mode (same run, same settings)."""
+    rate = {_label(r): r["images_per_s"] for r in rows if "images_per_s" in r}
     out = {}
-    for m in (r["method"] for r in rows if "method" in r and "images_per_s" in r):  # every method measured
-        for ref in ("model_bound", "conventional", "simclr"):
-            if m in rate and ref in rate and m != ref:
-                out[f"{m}/{ref}"] = round(rate[m] / rate[ref], 3)
+    for r in rows:
+        if "method" not in r or "images_per_s" not in r:
+            continue
+        label = _label(r)
+        simclr = label.replace(r["method"], "simclr", 1)
+        for ref in ("model_bound", "conventional", simclr):
+            if ref in rate and ref != label:
+                out[f"{label}/{ref}"] = round(rate[label] / rate[ref], 3)
     return out
 
 
@@ -162,7 +195,17 @@ def main() -> None:
     p.add_argument("--channels", type=int, default=1)
     p.add_argument("--amp", choices=["off", "bf16"], default="off")
     p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto")
-    p.add_argument("--compile", choices=["off", "on", "both"], default="off")
+    p.add_argument("--compile", default="off",
+                   help="comma-separated: off | default | reduce-overhead | max-autotune-no-cudagraphs (on = default)")
+    p.add_argument("--warm-parallel", action="store_true",
+                   help="run the compiled configurations briefly side by side first, to fill Inductor's cache")
+    p.add_argument("--cudnn-benchmark", choices=["auto", "on", "off"], default="auto",
+                   help="auto = as training sets it (on for CUDA)")
+    p.add_argument("--augment-compile", choices=["auto", "off"], default="auto",
+                   help="auto = as training does (compiled with the network); off = the network only")
+    p.add_argument("--sgd", choices=["default", "fused"], default="default",
+                   help="default = training's SGD (foreach on CUDA); fused = one fused kernel")
+    p.add_argument("--repeats", type=int, default=3, help="timed windows of --steps steps; the median counts")
     p.add_argument("--train-images", type=int, default=13_399,
                    help="training-set size = sbid memory-bank entries (default: the Fashion-MNIST-LT subset of params.yaml)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -187,12 +230,21 @@ def main() -> None:
     if args.baselines and (args.channels != 3 or args.width != 64):
         p.error("--baselines needs --channels 3 and --width 64: the baselines are torchvision's ResNet-18 "
                 "and the SimCLR CIFAR input pipeline, comparable only to the paper's setting")
-    compiles = ["off", "on"] if args.compile == "both" else [args.compile]
-    base = [a for a in sys.argv[1:]]
-    configs = [(["--method", m, "--compile", c], {"method": m, "compile": c == "on"})
+    compiles = [{"on": "default"}.get(c, c) for c in args.compile.split(",")]
+    unknown = set(compiles) - {"off", "default", "reduce-overhead", "max-autotune-no-cudagraphs"}
+    if unknown:
+        p.error(f"--compile: unknown mode(s) {sorted(unknown)}")
+    base = _without(sys.argv[1:], "--compile")
+    configs = [(["--method", m, "--compile", c], {"method": m, "compile": c})
                for m in args.methods.split(",") for c in compiles]
-    if args.baselines:
-        configs += [(["--baseline", b], {"baseline": b}) for b in ("model_bound", "conventional")]
+    if args.warm_parallel:
+        warm = [subprocess.Popen([sys.executable, __file__, *base, *extra, "--steps", "1", "--warmup", "2",
+                                  "--repeats", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                for extra, label in configs if label["compile"] != "off"]
+        for proc in warm:
+            proc.wait()
+    if args.baselines:  # first: a run cut short by a time limit still has them
+        configs = [(["--baseline", b], {"baseline": b}) for b in ("model_bound", "conventional")] + configs
     rows = []
     for extra, label in configs:
         proc = subprocess.run([sys.executable, __file__, *base, *extra], capture_output=True, text=True)
@@ -202,6 +254,19 @@ def main() -> None:
         emit(row, args.out)
     if args.baselines or len(rows) > 1:
         emit({"ratios": ratios(rows), "date": time.strftime("%Y-%m-%d")}, args.out)
+
+
+def _without(argv: list[str], flag: str) -> list[str]:
+    """``argv`` less ``flag`` and its value (either ``--flag v`` or ``--flag=v``)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == flag:
+            skip = True
+        elif not a.startswith(flag + "="):
+            out.append(a)
+    return out
 
 
 def emit(row: dict, out: Path | None) -> None:

@@ -161,7 +161,10 @@ class PretrainParams:
     checkpoint_every: int = _p(positive("a positive integer"), "epochs between resume checkpoints")
     amp: Literal["auto", "bf16", "off"] = _p(None, "autocast: auto = bf16 on CUDA, off on CPU")
     channels_last: Literal["auto", "on", "off"] = _p(None, "memory format: auto = channels_last on CUDA")
-    compile: bool = _p(None, "torch.compile the network (a failed compile: one line, then eager)")
+    compile: Union[bool, Literal["auto"]] = _p(
+        None, "torch.compile the network: auto = on CUDA (a failed compile: one line, then eager)")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = _p(
+        None, "torch.compile mode; reduce-overhead replays the compiled network as CUDA graphs")
     nproc: int = _p(positive("a positive integer"), "processes (GPUs) per node; > 1: the stage launches torchrun itself")
     sync_bn: bool = _p(None, "SyncBatchNorm across processes (CUDA, nproc > 1); false = per-process BN statistics")
 

@@ -388,7 +388,7 @@ def write_report(metrics_root: Path, history_root: Path, splits_summary: Path, p
 #: depend on the dataset's size; the deviations list ignores them
 NOT_RECIPE = {"device", "data.dataset", "data.source_dir", "data.download", "subsample.val_per_class",
               "subsample.n_max", "pretrain.checkpoint_every", "pretrain.amp", "pretrain.channels_last",
-              "pretrain.compile", "pretrain.nproc", "pretrain.sync_bn", "evaluate.feature_batch_size",
+              "pretrain.compile", "pretrain.compile_mode", "pretrain.nproc", "pretrain.sync_bn", "evaluate.feature_batch_size",
               "sbid.bank_momentum", "sbid.bank_step"}
 #: the probe's own settings, compared only when ours is the authors' probe too
 AUTHORS_PROBE = {"evaluate.probe.lr", "evaluate.probe.weight_decay", "evaluate.probe.batch_size",

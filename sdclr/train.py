@@ -134,6 +134,7 @@ class Training:
     start_epoch: int = 0
     temperature_at: Callable[[int], float] | None = None  # epoch (from 1) → τ, when a schedule is set
     compile_pending: bool = False  # the network's forward is compiled and its first step is still to come
+    cuda_graphs: bool = False  # the compiled network replays CUDA graphs (compile_mode: reduce-overhead)
     log: Callable[[str], None] = print
 
     @property
@@ -148,6 +149,8 @@ class Training:
         """One optimisation step on the shard rows ``idx`` (what the benchmark times, too)."""
         if self.compile_pending:
             return self._first_compiled_step(idx)
+        if self.cuda_graphs:  # a new step: the graphs' output buffers of the last one may be reused
+            torch.compiler.cudagraph_mark_step_begin()
         return train_step(self.step_fn, self.optimizer, self.data[idx], self.positions[idx], self.gen, self.use_bf16)
 
     def _first_compiled_step(self, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -167,6 +170,8 @@ class Training:
             self.gen.set_state(saved[1])
             torch.set_rng_state(saved[2])
             del self.method.net.forward  # the instance attribute torch.compile set: back to the eager forward
+            self.method.augment.uncompile()
+            self.cuda_graphs = False
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             self.log(f"note: torch.compile failed ({type(e).__name__}: {first}); {self.label} continues without it "
                      "(set pretrain.compile: false to skip the attempt).")
@@ -198,17 +203,23 @@ def build(params: Params, method_name: str, split_id: int, images: np.ndarray, i
     method = cls.from_params(params, net, num_samples=n).to(device)
     if channels_last:
         method = method.to(memory_format=torch.channels_last)
-    method.configure(BatchAugment(params.augment, channels=spec.in_channels), channels_last)
+    augment = BatchAugment(params.augment, channels=spec.in_channels)
+    method.configure(augment, channels_last)
     gen, shared_gen = torch.Generator(device=device), torch.Generator(device=device)
     gen.manual_seed(params.seed * 1000 + split_id + 1 + 100_003 * ctx.rank)
     shared_gen.manual_seed(params.seed * 1000 + split_id + 2)
     method.shared_generator = shared_gen if ctx.active else None
-    if p.compile:  # the network only: the augmentation and the losses run eagerly (their fused kernels
-        method.net.forward = torch.compile(method.net.forward)  # are what failed to compile on an H100)
+    compiled = p.compile is True or (p.compile == "auto" and on_cuda)
+    if compiled:  # the network and the augmentation's transform; the losses stay eager (their fused
+        method.net.forward = torch.compile(method.net.forward, mode=p.compile_mode)  # kernels failed on an H100)
+        augment.compile(p.compile_mode)
+    if on_cuda:
+        torch.backends.cudnn.benchmark = True  # static shapes: cuDNN may time its algorithms once
     trained = distributed.wrap(method, ctx, device, p.sync_bn)
     optimizer = torch.optim.SGD(method.parameters(), lr=peak_lr, momentum=p.momentum, weight_decay=p.weight_decay)
     return Training(
-        method=method, step_fn=trained, compile_pending=p.compile, optimizer=optimizer, data=data,
+        method=method, step_fn=trained, compile_pending=compiled, optimizer=optimizer, data=data,
+        cuda_graphs=compiled and on_cuda and p.compile_mode == "reduce-overhead",
         temperature_at=partial(cosine_temperature, tau_min=p.tau_min, tau_max=p.tau_max, period_epochs=p.period_epochs)
         if p.temperature_schedule == "cosine" else None,
         positions=positions.to(device), gen=gen, shared_gen=shared_gen, ctx=ctx,

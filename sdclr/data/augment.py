@@ -213,22 +213,42 @@ class BatchAugment:
         self.hue = h > 0
         self.use_color = channels == 3  # 1-channel data (Fashion-MNIST): no colour ops at all
 
-    @torch.compiler.disable  # generator-driven RNG stays eager: same seed → same views, compiled or not
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != self.channels:
             raise ValueError(f"expected uint8 N×{self.channels}×H×W, got {images.dtype} {tuple(images.shape)}")
-        p, (n, _, height, width), dev = self.params, images.shape, images.device
         # autocast off (the loop calls us inside it): keep the affine grid's matmul and the colour maths in fp32
-        with torch.autocast(device_type=dev.type, enabled=False):
-            boxes = sample_crop_boxes(n, height, width, p.crop_scale, p.crop_ratio, generator, dev)
-            u = torch.rand(n, 11, generator=generator, device=dev)  # flip, jitter?, gray?, 4 factors, 4 order keys
-            x = crop_and_flip(images.float().div_(255), boxes, u[:, 0] < p.flip_p, p.interpolation)
-            if self.use_color:
-                # Python-float ranges, not a torch.tensor(list, device=cuda): that copy would sync
-                factors = torch.stack([lo + (hi - lo) * u[:, 3 + k] for k, (lo, hi) in enumerate(self.jitter_ranges)],
-                                      dim=1)
-                order = u[:, 7:11].argsort(dim=1)  # a uniform random permutation per sample
-                x = color_jitter(x, factors, order, u[:, 1] < p.jitter_p, self.hue)
-                gray = _per_sample(u[:, 2] < p.gray_p)
-                x = torch.where(gray, rgb_to_grayscale(x).expand_as(x), x)
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            return self._transform(images, *self.draw(images.shape, generator, images.device))
+
+    @torch.compiler.disable  # generator-driven RNG stays eager: same seed → same draws, compiled or not
+    def draw(self, shape: torch.Size, generator: torch.Generator, device: torch.device):
+        """Every random number of one call: crop boxes (n×4) and n×11 uniforms (two draws)."""
+        p, (n, _, height, width) = self.params, shape
+        boxes = sample_crop_boxes(n, height, width, p.crop_scale, p.crop_ratio, generator, device)
+        u = torch.rand(n, 11, generator=generator, device=device)  # flip, jitter?, gray?, 4 factors, 4 order keys
+        return boxes, u
+
+    def transform(self, images: torch.Tensor, boxes: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """The views, given the draws: a pure function, so it may be compiled into a few fused kernels."""
+        p = self.params
+        x = crop_and_flip(images.float().div_(255), boxes, u[:, 0] < p.flip_p, p.interpolation)
+        if self.use_color:
+            # Python-float ranges, not a torch.tensor(list, device=cuda): that copy would sync
+            factors = torch.stack([lo + (hi - lo) * u[:, 3 + k] for k, (lo, hi) in enumerate(self.jitter_ranges)],
+                                  dim=1)
+            order = u[:, 7:11].argsort(dim=1)  # a uniform random permutation per sample
+            x = color_jitter(x, factors, order, u[:, 1] < p.jitter_p, self.hue)
+            gray = _per_sample(u[:, 2] < p.gray_p)
+            x = torch.where(gray, rgb_to_grayscale(x).expand_as(x), x)
         return x
+
+    _transform = transform  # what __call__ runs: :meth:`transform` itself, or its compiled form
+
+    def compile(self, mode: str = "default") -> "BatchAugment":
+        """Run :meth:`transform` through ``torch.compile`` (the draws stay eager)."""
+        self._transform = torch.compile(self.transform, mode=mode, dynamic=False)
+        return self
+
+    def uncompile(self) -> "BatchAugment":
+        self.__dict__.pop("_transform", None)  # back to the class's eager transform
+        return self
