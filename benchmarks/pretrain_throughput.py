@@ -83,10 +83,10 @@ def measure(args) -> dict:
         torch.backends.cudnn.benchmark = args.cudnn_benchmark == "on"
     if args.augment_compile == "off":  # a lever measured on its own: compile the network only
         t.method.augment.uncompile()
-    if args.sgd == "fused":  # a lever measured on its own: one fused kernel for the SGD update
+    if args.sgd != "auto":  # a lever measured on its own: one fused kernel for the SGD update, or not
         group = t.optimizer.param_groups[0]
         t.optimizer = torch.optim.SGD(t.method.parameters(), lr=group["lr"], momentum=group["momentum"],
-                                      weight_decay=group["weight_decay"], fused=True)
+                                      weight_decay=group["weight_decay"], fused=args.sgd == "fused" or None)
     on_cuda = device.type == "cuda"
     t.step_fn.train()
     t.method.on_epoch_start(0)
@@ -123,7 +123,8 @@ def measure(args) -> dict:
         "width": args.width, "batch": args.batch, "size": args.size, "channels": args.channels,
         "head": asdict(cls.head_spec(params)), "overrides": args.set or [], "amp": args.amp,
         "channels_last": t.method.channels_last, "compile": args.compile,
-        "cudnn_benchmark": torch.backends.cudnn.benchmark, "sgd": args.sgd,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "sgd": "fused" if t.optimizer.defaults.get("fused") else "default",
         "augment_compiled": args.compile != "off" and args.augment_compile == "auto",
         "threads": torch.get_num_threads(), "steps": args.steps, "repeats": args.repeats,
         "images_per_s": round(args.steps * args.batch / seconds, 1),
@@ -203,8 +204,9 @@ def main() -> None:
                    help="auto = as training sets it (on for CUDA)")
     p.add_argument("--augment-compile", choices=["auto", "off"], default="auto",
                    help="auto = as training does (compiled with the network); off = the network only")
-    p.add_argument("--sgd", choices=["default", "fused"], default="default",
-                   help="default = training's SGD (foreach on CUDA); fused = one fused kernel")
+    p.add_argument("--sgd", choices=["auto", "fused", "default"], default="auto",
+                   help="auto = as training builds it (fused when compiled on CUDA); fused; default = "
+                        "torch's default (foreach on CUDA)")
     p.add_argument("--repeats", type=int, default=3, help="timed windows of --steps steps; the median counts")
     p.add_argument("--train-images", type=int, default=13_399,
                    help="training-set size = sbid memory-bank entries (default: the Fashion-MNIST-LT subset of params.yaml)")

@@ -73,6 +73,12 @@ def _distinct_ids(v):
     return None
 
 
+def _split_subset(v):
+    if len(set(v)) != len(v) or (v and min(v) < 0):
+        return "a list of distinct non-negative split ids, possibly empty, e.g. [] or [0]"
+    return None
+
+
 def _milestones(v):
     if any(m < 1 for m in v) or list(v) != sorted(set(v)):
         return "an increasing list of positive epoch numbers, e.g. [10, 20] (or [] for a constant lr)"
@@ -162,7 +168,7 @@ class PretrainParams:
     amp: Literal["auto", "bf16", "off"] = _p(None, "autocast: auto = bf16 on CUDA, off on CPU")
     channels_last: Literal["auto", "on", "off"] = _p(None, "memory format: auto = channels_last on CUDA")
     compile: Union[bool, Literal["auto"]] = _p(
-        None, "torch.compile the network: auto = on CUDA (a failed compile: one line, then eager)")
+        None, "torch.compile the network and the augmentation: auto = on CUDA (a failure: one line, then eager)")
     compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = _p(
         None, "torch.compile mode; reduce-overhead replays the compiled network as CUDA graphs")
     nproc: int = _p(positive("a positive integer"), "processes (GPUs) per node; > 1: the stage launches torchrun itself")
@@ -216,6 +222,27 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class BclParams:
+    """Boosted Contrastive Learning (Zhou et al., ICML 2022): BCL-I on SimCLR, BCL-D on SDCLR."""
+
+    beta: float = _p(_range(lo=0, hi=1, hi_open=True, what="a number"),
+                     "EMA factor of each image's loss, its memorisation score (paper: 0.97)")
+    rand_strength: float = _p(positive(), "RandAugment magnitude scale (paper: 30): BCL-I m = rs·(1 + 2w)/3, "
+                                          "BCL-D m = rs·(1 + 5·w·U)/6")
+    weight_decay_i: Optional[float] = _p(non_negative(), "BCL-I's SGD weight decay; null = pretrain.weight_decay "
+                                                         "(paper: 5e-4)")
+    weight_decay_d: Optional[float] = _p(non_negative(), "BCL-D's SGD weight decay; null = pretrain.weight_decay "
+                                                         "(paper: 1e-4)")
+
+
+@dataclass(frozen=True)
+class FollowupParams:
+    """Which splits the follow-up methods (SimCLR + TS, BCL-I, BCL-D) run on; [] = none."""
+
+    splits: list[int] = _p(_split_subset, "a subset of subsample.splits; [] keeps the follow-ups out of the run")
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int = _p(non_negative("an integer"), "seed of every random draw")
     device: str = _p(_device, "where training runs")
@@ -226,7 +253,15 @@ class Params:
     augment: AugmentParams = _p()
     pretrain: PretrainParams = _p()
     sbid: SbidParams = _p()
+    bcl: BclParams = _p()
+    followups: FollowupParams = _p()
     evaluate: EvaluateParams = _p()
+
+    def __post_init__(self):
+        extra = sorted(set(self.followups.splits) - set(self.subsample.splits))
+        if extra:
+            raise ParamError(f"followups.splits = {self.followups.splits} names split(s) {extra} that "
+                             f"subsample.splits = {self.subsample.splits} does not draw; accepted: a subset of it.")
 
 
 # --------------------------------------------------------------------------- loader

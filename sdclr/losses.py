@@ -21,18 +21,33 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     itself is excluded).  Returns the mean cross-entropy over the 2N anchors.
     In SDCLR, ``z1`` comes from the dense branch and ``z2`` from the pruned one.
     """
+    with torch.autocast(device_type=z1.device.type, enabled=False):
+        return F.cross_entropy(*_ntxent_logits(z1, z2, temperature))
+
+
+def nt_xent_per_image(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """NT-Xent per image: ℓ_i = ½[ℓ(i¹→i²) + ℓ(i²→i¹)], shape [N]; its mean is :func:`nt_xent`.
+
+    BCL's memorisation score folds in each image's own ℓ_i from the step that trains on it.
+    """
+    with torch.autocast(device_type=z1.device.type, enabled=False):
+        per_anchor = F.cross_entropy(*_ntxent_logits(z1, z2, temperature), reduction="none")
+        n = z1.shape[0]
+        return 0.5 * (per_anchor[:n] + per_anchor[n:])
+
+
+def _ntxent_logits(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 2N×2N logits (self-similarity masked out) and each anchor's positive column (call with autocast off)."""
     if z1.shape != z2.shape or z1.dim() != 2:
         raise ValueError(f"nt_xent: z1 and z2 must both be [N, D]; got {tuple(z1.shape)} and {tuple(z2.shape)}.")
     n = z1.shape[0]
     dtype = torch.promote_types(z1.dtype, torch.float32)
-    with torch.autocast(device_type=z1.device.type, enabled=False):
-        z = F.normalize(torch.cat([z1, z2]).to(dtype), dim=1)
-        logits = (z @ z.T) / temperature
-        self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
-        logits = logits.masked_fill(self_mask, float("-inf"))
-        idx = torch.arange(2 * n, device=z.device)
-        targets = torch.cat([idx[n:], idx[:n]])  # i <-> i + N
-        return F.cross_entropy(logits, targets)
+    z = F.normalize(torch.cat([z1, z2]).to(dtype), dim=1)
+    logits = (z @ z.T) / temperature
+    self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    idx = torch.arange(2 * n, device=z.device)
+    return logits, torch.cat([idx[n:], idx[:n]])  # i <-> i + N
 
 
 class _BankInstanceLoss(torch.autograd.Function):

@@ -70,7 +70,8 @@ class MemoryBank(nn.Module):
         p the softmax at temperature τ. This equals a gradient step of size ``step·τ`` on
         Σ_i CE(logits_i/τ, y_i) with respect to the rows (``tests/test_memory_bank.py``).
         """
-        delta = residual.to(self.weight.dtype).T @ F.normalize(z.to(self.weight.dtype), dim=1)  # K×d
+        with torch.autocast(device_type=self.weight.device.type, enabled=False):  # else a bf16 delta
+            delta = residual.to(self.weight.dtype).T @ F.normalize(z.to(self.weight.dtype), dim=1)  # K×d
         if columns is None:
             self.weight.add_(delta, alpha=step)
             if renormalise:

@@ -78,6 +78,10 @@ def claims() -> list[Claim]:
     out += [Claim("sdclr", "simclr", k, "minor", +1, sdclr) for k in ("full_shot", "few_shot")]
     out += [Claim("sdclr", "simclr", k, "balancedness", -1, sdclr) for k in ("full_shot", "few_shot")]
     out += [Claim("sbid", "simclr", k, "accuracy", +1, "Cao & Wu 2024") for k in KINDS]
+    bcl, ts = "BCL (Zhou et al. 2022)", "TS (Kukleva et al. 2023)"
+    for a, b, source in (("bcl_i", "simclr", bcl), ("bcl_d", "sdclr", bcl), ("simclr_ts", "simclr", ts)):
+        out += [Claim(a, b, k, "accuracy", +1, source) for k in KINDS]
+        out += [Claim(a, b, k, "minor", +1, source) for k in ("full_shot", "few_shot")]
     out += [Claim(m, "random", k, "accuracy", +1, "pretraining helps") for m in METHODS for k in KINDS]
     return out
 
@@ -158,8 +162,10 @@ SCORES = {
 def scores(agg: dict) -> dict[str, dict]:
     """{method: flat headline numbers}: mean accuracy of each probe, the full-shot Minor-group
     accuracy and balancedness (std of the group accuracies, lower = more balanced), all
-    fractions and means over splits, and how many splits they average."""
-    out = {}
+    fractions and means over splits, and how many splits they average. Every method of the
+    registry has an entry (DVC declares one file each): ``{"splits": 0}`` when it did not run
+    (the follow-ups, while ``followups.splits`` is empty)."""
+    out = {m: {"splits": 0} for m in METHOD_ORDER}
     for method in _methods(agg):
         kinds = agg[method]
         row = {key: kinds[kind][field] for key, (kind, field) in SCORES.items() if kind in kinds}
@@ -240,6 +246,10 @@ def verdict_sections(rows: list[dict]) -> list[str]:
                 "and be more balanced.",
                 "Cao & Wu 2024": "The single-branch method (sbid) should match or beat SimCLR, at about half the "
                 "compute per image (its cost is in reports/cost.json: machine-dependent).",
+                "BCL (Zhou et al. 2022)": "Boosting the augmentation of the images the network has not memorised "
+                "should beat the method it boosts (BCL-I over SimCLR, BCL-D over SDCLR), most on Minor classes.",
+                "TS (Kukleva et al. 2023)": "A cosine temperature schedule should beat SimCLR's constant τ, most on "
+                "Minor classes.",
                 "pretraining helps": "Every pretrained encoder should beat the untrained one (`random`)."}
     for source, what in headings.items():
         sub = [r for r in rows if r["source"] == source]
@@ -314,6 +324,58 @@ def write_scores(rows: dict[str, dict], folder: Path) -> None:
         write_bytes(folder / f"{method}.json", (json.dumps(row, indent=2) + "\n").encode())
 
 
+def load_bcl_weights(history_root: Path) -> pd.DataFrame:
+    """BCL's last-epoch w per training image: method, split, image, class, group, w (``w_split<k>.csv``)."""
+    frames = []
+    for f in sorted(Path(history_root).glob("*/w_split*.csv")):
+        frame = pd.read_csv(f)
+        frames.append(frame.assign(method=f.parent.name, split=int(f.stem.removeprefix("w_split"))))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def bcl_weight_section(weights: pd.DataFrame, figure: Path) -> list[str]:
+    """BCL's premise checked on this data: do Minor-class images get a higher w than Major ones?
+
+    Mean w per group and method (over splits), the paired Minor − Major difference over splits
+    with its interval, and a figure of w's distribution per group (box plots over images)."""
+    plt = _pyplot()
+    if weights.empty:  # dvc.yaml declares the figure: say why it is empty
+        fig, ax = plt.subplots(figsize=(6, 1.2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "BCL did not run: followups.splits is empty (--preset followups runs it)",
+                ha="center", va="center", fontsize=9)
+        fig.savefig(figure, dpi=110)
+        plt.close(fig)
+        return []
+    methods = list(dict.fromkeys(weights["method"]))
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.6), sharey=True, squeeze=False)
+    for ax, m in zip(axes[0], methods):
+        sub = weights[weights["method"] == m]
+        ax.boxplot([sub.loc[sub["group"] == g, "w"] for g in GROUPS], showfliers=False)
+        ax.set_xticks(range(1, len(GROUPS) + 1), GROUPS)
+        ax.set_title(f"{m}: w at the last epoch ({sub['split'].nunique()} split(s))", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("w (RandAugment probability)")
+    fig.tight_layout()
+    fig.savefig(figure, dpi=110)
+    plt.close(fig)
+
+    lines = ["| method | Major | Moderate | Minor | Minor − Major | 95 % interval | splits | premise |", "|" + "---|" * 8]
+    for m in methods:
+        sub = weights[weights["method"] == m]
+        by_split = sub.groupby(["split", "group"])["w"].mean().unstack()
+        d = paired_difference(by_split["minor"].to_dict(), by_split["major"].to_dict())
+        interval = "—" if d.low is None else f"[{d.low:+.3f}, {d.high:+.3f}]"
+        means = [f"{by_split[g].mean():.3f}" for g in GROUPS]
+        lines.append(f"| {m} | {' | '.join(means)} | {d.mean:+.3f} | {interval} | {d.n} | **{d.verdict(+1)}** |")
+    return ["## BCL: which images get the stronger augmentation", "",
+            "BCL's premise: images whose loss stays high (not yet memorised) are more often tail images, so "
+            "Minor classes should get a higher w, the probability and strength of their extra RandAugment. "
+            "Mean w per group over each split's training images at the last epoch, then over splits; the "
+            "Minor − Major difference is paired over splits like the claims above.", "",
+            *lines, "", f"![BCL w by group](figures/{figure.name})", ""]
+
+
 def uncertainty_note(n_splits: int) -> list[str]:
     if n_splits >= 2:
         return [f"{n_splits} splits: every table shows mean ± sample std over splits, and each claim a paired "
@@ -369,6 +431,7 @@ def write_report(metrics_root: Path, history_root: Path, splits_summary: Path, p
     for kind, title in KINDS.items():
         md += [f"## {title}", "", markdown_table(agg, kind), ""]
     md += verdict_sections(paired)
+    md += bcl_weight_section(load_bcl_weights(history_root), figures / "bcl_w_by_group.png")
     md += reference_section(params.data.dataset)
     md += ["## Figures", "", "![group accuracy](figures/group_accuracy.png)", ""]
     if has_loss:

@@ -47,9 +47,12 @@ def run_stage(
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params)
+        paths = {name: getattr(args, name) for name in (*outputs, *shared_outputs)}
+        paths = {name: path for name, path in paths.items() if path is not None}  # optional outputs not asked for
         for name in outputs:
-            remove_stale_temps(getattr(args, name))
-        check_writable([getattr(args, name) for name in (*outputs, *shared_outputs)])
+            if name in paths:
+                remove_stale_temps(paths[name])
+        check_writable(list(paths.values()))
         main(params, args)
     except SdclrError as e:
         if isinstance(e, ParamError):  # found after loading (e.g. in training): name the file actually read

@@ -17,7 +17,7 @@ from pathlib import Path
 from sdclr import cost, distributed, tracking
 from sdclr.config import as_flat_dict
 from sdclr.data.device_data import channel_stats, example_batch
-from sdclr.data.longtail import load_split, split_file
+from sdclr.data.longtail import class_and_group, load_split, split_file
 from sdclr.io import load_raw, md5_file
 from sdclr.methods import METHODS, method_class
 from sdclr.stage import run_stage
@@ -30,7 +30,8 @@ def main(params, args):
     ctx, device = distributed.init_from_env(resolve_device(params.device))
     if ctx.is_main:
         tracking.check_store()
-    images = load_raw(args.raw, parts=("train",)).train["images"]  # verified against the download's checksums
+    train_set = load_raw(args.raw, parts=("train",)).train  # verified against the download's checksums
+    images = train_set["images"]
     split = load_split(args.splits, args.split, params.subsample.splits, num_train=len(images))
     spec = ModelSpec(images.shape[-1], *channel_stats(images))
     train = dict(params=params, method_name=args.method, split_id=args.split, images=images,
@@ -47,7 +48,9 @@ def main(params, args):
         resume = checkpoint_run_id(args.checkpoint, params, args.method, args.split, split["longtail"], ctx.world_size)
         with tracking.Run(tracking.experiment_name(params.data.dataset), f"pretrain-{args.method}-split{args.split}",
                           logged, tags, "stages/pretrain.py", resume_run_id=resume) as run:
-            result = pretrain(**train, history_path=args.history, run=run)
+            result = pretrain(**train, history_path=args.history, per_image_path=args.per_image,
+                              per_image_info=class_and_group(train_set["labels"][split["longtail"]], split["class_order"]),
+                              run=run)
             model_md5 = md5_file(args.out)
             run.set_tags({"resumed_from_epoch": result.resumed_from_epoch, "model_md5": model_md5})
             if os.environ.get("SDCLR_LOG_MODEL", "1") != "0":
@@ -70,7 +73,8 @@ def add_arguments(p):
                        ("out", "the encoder file to write"), ("history", "the per-epoch history CSV to write"),
                        ("checkpoint", "the resume checkpoint"), ("cost", "the machine-dependent timings file")):
         p.add_argument(f"--{name}", required=True, type=Path, help=what)
+    p.add_argument("--per-image", type=Path, help="a CSV of the method's per-image state (BCL: w per image)")
 
 
 if __name__ == "__main__":
-    run_stage(main, __doc__, add_arguments, outputs=("out", "history", "checkpoint"), shared_outputs=("cost",))
+    run_stage(main, __doc__, add_arguments, outputs=("out", "history", "checkpoint", "per_image"), shared_outputs=("cost",))

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.dvc_project import dvc, make_project
+from sdclr.methods import METHODS
+from tests.dvc_project import dvc, make_project, update_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -156,20 +157,25 @@ def test_the_report_declares_one_metrics_file_per_method_and_the_loss_plot():
 TINY = {"device": "cpu", "subsample": {"splits": [0]}}
 
 
-def _fake_outputs(proj: Path) -> None:
-    """Put a file at every output (and data dep) of the graph, so `dvc commit` can lock it as run."""
+def _fake_outputs(proj: Path, followups: bool = False) -> None:
+    """Put a file at every output (and data dep) of the graph, so `dvc commit` can lock it as run
+    (the follow-ups' outputs too when ``followups``: their stages then run on split 0)."""
     for rel in ("data/raw/fashion_mnist/train.npz", "data/splits/fashion_mnist/split0.npz",
                 "reports/report.md", "reports/summary.json", "reports/pretrain_loss.csv",
-                *(f"reports/figures/{f}.png" for f in ("group_accuracy", "pretrain_loss", "class_counts"))):
+                *(f"reports/figures/{f}.png" for f in ("group_accuracy", "pretrain_loss", "class_counts",
+                                                        "bcl_w_by_group"))):
         (proj / rel).parent.mkdir(parents=True, exist_ok=True)
         (proj / rel).write_text(rel)
-    for m in ("simclr", "sdclr", "sbid"):
-        for rel in (f"models/{m}/split0.pt", f"reports/pretrain/{m}/split0.csv"):
+    trained = [m for m, cls in METHODS.items() if followups or not cls.followup]
+    for m in trained:
+        for rel in (f"models/{m}/split0.pt", f"reports/pretrain/{m}/split0.csv",
+                    *([f"reports/pretrain/{m}/w_split0.csv"] if m.startswith("bcl") else [])):
             (proj / rel).parent.mkdir(parents=True, exist_ok=True)
             (proj / rel).write_text(rel)
-    for m in ("random", "simclr", "sdclr", "sbid"):
+    for m in ("random", *trained):
         (proj / f"reports/metrics/{m}").mkdir(parents=True, exist_ok=True)
         (proj / f"reports/metrics/{m}/split0.json").write_text("{}")
+    for m in ("random", *METHODS):
         (proj / f"reports/scores/{m}.json").parent.mkdir(parents=True, exist_ok=True)
         (proj / f"reports/scores/{m}.json").write_text("{}")
 
@@ -206,3 +212,21 @@ def test_dvc_status_sees_a_change_in_evaluate_code(tmp_path):
     dvc(proj, "commit", "-f")
     _edit(proj / "sdclr/models/resnet.py")
     assert "evaluate-random@0" not in _changed_stages(proj)
+
+
+@pytest.mark.slow
+def test_a_bcl_param_changes_only_bcls_stages_and_followups_are_off_by_default(tmp_path):
+    """`dvc exp run -S bcl.beta=0.9` must re-run BCL-I and BCL-D (and the report, which shows
+    every param), nothing else; with the default `followups.splits: []` no follow-up stage exists."""
+    default = make_project(tmp_path / "default", TINY)
+    stages = dvc(default, "stage", "list", "--name-only").stdout.split()
+    assert not [s for s in stages if any(m in s for m in ("simclr_ts", "bcl_i", "bcl_d"))], stages
+
+    proj = make_project(tmp_path / "proj", {**TINY, "followups": {"splits": [0]}})
+    _fake_outputs(proj, followups=True)
+    dvc(proj, "commit", "-f")
+    assert _changed_stages(proj) == set()
+    update_params(proj, {"bcl": {"beta": 0.9}})
+    assert _changed_stages(proj) == {"pretrain-bcl_i@0", "pretrain-bcl_d@0", "report"}
+    update_params(proj, {"bcl": {"beta": 0.97}, "prune_ratio": 0.5})  # SDCLR's and BCL-D's
+    assert _changed_stages(proj) == {"pretrain-sdclr@0", "pretrain-bcl_d@0", "report"}

@@ -100,3 +100,23 @@ def test_bank_is_in_the_state_dict():
     other = MemoryBank(50, 8).double()
     other.load_state_dict(state)
     assert torch.equal(other.weight, bank.weight)
+
+
+@pytest.mark.parametrize("k", [12, None], ids=["k=12", "full-softmax"])
+def test_gradient_update_under_bf16_autocast_is_the_fp32_update(k):
+    """The training step runs under bf16 autocast, which would turn the update's matmul into
+    bf16: with explicit columns ``index_add_`` then refused the bf16 delta (sbid crashed on CUDA
+    with its default ``negatives: 4096``, found on an H100), and the full-softmax update lost
+    precision. The update must be the fp32 one, autocast or not."""
+    g = torch.Generator().manual_seed(4)
+    idx = torch.tensor([0, 5, 9])
+    banks = [MemoryBank(50, 8) for _ in range(2)]
+    banks[1].load_state_dict(banks[0].state_dict())
+    cols = banks[0].candidates(idx, k, g)
+    z = torch.randn(3, 8, generator=g)
+    residual = torch.randn(3, 50 if cols is None else len(cols), generator=g)
+    banks[0].gradient_update(cols, z, residual, 0.5)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        banks[1].gradient_update(cols, z, residual, 0.5)
+    assert banks[1].weight.dtype == torch.float32
+    assert torch.equal(banks[0].weight, banks[1].weight)

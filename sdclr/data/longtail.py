@@ -68,6 +68,12 @@ def groups_of(class_order) -> dict[str, list[int]]:
     return {g: [int(class_order[r]) for r in ranks] for g, ranks in class_groups(len(class_order)).items()}
 
 
+def class_and_group(labels: np.ndarray, class_order) -> dict[str, np.ndarray]:
+    """Each image's class and long-tail group name (major / moderate / minor) under ``class_order``."""
+    group_of = {c: g for g, classes in groups_of(class_order).items() for c in classes}
+    return {"class": np.asarray(labels), "group": np.array([group_of[int(c)] for c in labels])}
+
+
 @dataclass(frozen=True)
 class Split:
     """One long-tail draw. Index arrays are int64 indices into the official train set."""

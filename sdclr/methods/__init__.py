@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from sdclr.errors import ConfigError
 from sdclr.methods.base import Method
+from sdclr.methods.bcl import BCLD, BCLI
 from sdclr.methods.sbid import SingleBranchID
 from sdclr.methods.sdclr import SDCLR
-from sdclr.methods.simclr import SimCLR
+from sdclr.methods.simclr import SimCLR, SimCLRTS
 
-#: every pretraining method by its key, in the report's order
-METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, SDCLR, SingleBranchID)}
+#: every pretraining method by its key, in the report's order; the follow-ups (issue 15) run
+#: only on ``followups.splits``
+METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, SDCLR, SingleBranchID, SimCLRTS, BCLI, BCLD)}
 
 
 def method_class(name: str) -> type[Method]:

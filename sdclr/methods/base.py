@@ -40,6 +40,10 @@ class Method(nn.Module):
     temperature_key: ClassVar[str] = "pretrain.temperature"
     #: params its pretrain stage reads beyond :data:`SHARED_STAGE_PARAMS` (dvc.yaml must list them)
     own_stage_params: ClassVar[tuple[str, ...]] = ("model",)
+    #: ``None``: τ follows ``pretrain.temperature_schedule``; ``"cosine"``: always TS's schedule
+    temperature_schedule: ClassVar[str | None] = None
+    #: a follow-up of issue 15: its stages run on ``followups.splits`` (off by default)
+    followup: ClassVar[bool] = False
 
     #: the contrastive temperature in use (logged every epoch)
     temperature: float
@@ -71,6 +75,11 @@ class Method(nn.Module):
     def schedule(cls, params: Params) -> tuple[int, float]:
         """(epochs, peak lr): by default the shared ``pretrain`` values."""
         return params.pretrain.epochs, params.pretrain.lr
+
+    @classmethod
+    def weight_decay(cls, params: Params) -> float:
+        """Its SGD weight decay: by default the shared ``pretrain.weight_decay``."""
+        return params.pretrain.weight_decay
 
     @classmethod
     def lr_key(cls, params: Params) -> str:
@@ -117,6 +126,10 @@ class Method(nn.Module):
 
     def on_epoch_start(self, epoch: int) -> dict[str, float]:
         """Per-epoch bookkeeping (e.g. SDCLR's mask refresh); returns metrics to log."""
+        return {}
+
+    def per_image_state(self) -> dict[str, torch.Tensor]:
+        """Per-training-image values worth keeping after training (BCL: w, the score); a column each."""
         return {}
 
     def forward(self, images: torch.Tensor, indices: torch.Tensor,

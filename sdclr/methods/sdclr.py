@@ -37,9 +37,11 @@ class SDCLR(Method):
         check_identical("SDCLR's pruning mask", mask_fingerprint(self.net))  # DDP: every rank, same mask
         return {"mask_sparsity": sparsity}
 
+    def encode(self, x1, x2):
+        """View 1 through the dense network, view 2 through the pruned one (its own BN set)."""
+        return self.net(x1, branch=DENSE), self.net(x2, branch=PRUNED)
+
     def forward(self, images, indices, generator):
-        x1, x2 = self.views(images, generator)
-        z1 = self.net(x1, branch=DENSE)
-        z2 = self.net(x2, branch=PRUNED)
+        z1, z2 = self.encode(*self.views(images, generator))
         # Under DDP: the global batch's features from every rank (identity in one process).
         return nt_xent(gather_with_grad(z1), gather_with_grad(z2), self.temperature), {}

@@ -1,4 +1,5 @@
-"""SimCLR (Chen et al. 2020): two augmented views through the same dense network, NT-Xent between them."""
+"""SimCLR (Chen et al. 2020): two augmented views through the same dense network, NT-Xent between
+them; and SimCLR + TS (Kukleva et al., ICLR 2023), the same with a cosine temperature schedule."""
 
 from __future__ import annotations
 
@@ -21,9 +22,24 @@ class SimCLR(Method):
     def from_params(cls, params, net, num_samples):
         return cls(net, params.pretrain.temperature)
 
-    def forward(self, images, indices, generator):
-        x1, x2 = self.views(images, generator)
-        # One forward over both views: BN statistics see the whole 2N batch, as in SimCLR.
+    def encode(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both views' projections. One forward over both: BN statistics see the whole 2N batch."""
         z1, z2 = self.net(torch.cat([x1, x2]), branch=DENSE).chunk(2)
+        return z1, z2
+
+    def forward(self, images, indices, generator):
+        z1, z2 = self.encode(*self.views(images, generator))
         # Under DDP: the global batch's features from every rank (identity in one process).
         return nt_xent(gather_with_grad(z1), gather_with_grad(z2), self.temperature), {}
+
+
+class SimCLRTS(SimCLR):
+    """SimCLR whose τ follows TS's cosine schedule whatever ``pretrain.temperature_schedule`` says.
+
+    τ(e) = τ_min + ½(τ_max − τ_min)(1 + cos(2π·e/T)) from ``pretrain.tau_min``, ``tau_max`` and
+    ``period_epochs`` (:func:`sdclr.losses.cosine_temperature`), so the report can set SimCLR
+    and SimCLR + TS side by side on the same splits.
+    """
+
+    name = "simclr_ts"
+    temperature_schedule = "cosine"

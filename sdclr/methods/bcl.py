@@ -1,0 +1,135 @@
+"""Boosted Contrastive Learning (Zhou et al., ICML 2022, "Contrastive Learning with Boosted
+Memorization"; official code MediaBrain-SJTU/BCL): BCL-I on SimCLR, BCL-D on SDCLR.
+
+Each image carries a memorisation score, the EMA of its own per-image NT-Xent loss from the
+steps that train on it (:class:`sdclr.memorization.MemorizationScores`, β = ``bcl.beta``).
+At the start of each epoch the scores become weights w ∈ [0, 1] (high loss → high w, BCL's
+proxy for a tail image), and in that epoch both views of image i get, after the usual SimCLR
+augmentation, a RandAugment of ``ops`` ops each applied with probability w_i at magnitude
+
+    BCL-I (1 op):  m = rs·(1 + 2·w)/3        (rs = 30: 10 + 20·w)
+    BCL-D (2 ops): m = rs·(1 + 5·w·U)/6      (rs = 30: 5 + 25·w·U, U ~ U(0, 1) per image,
+                                               shared by its two views)
+
+with rs = ``bcl.rand_strength``. Epoch 1 has no scores yet, so it is plain SimCLR/SDCLR.
+The scores are buffers (resume checkpoints carry them); under DDP the update takes the
+gathered global batch, so every rank holds the same scores and the same w.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import torch
+
+from sdclr.data.randaugment import rand_augment
+from sdclr.distributed import gather, gather_with_grad
+from sdclr.losses import nt_xent_per_image
+from sdclr.memorization import MemorizationScores
+from sdclr.methods.sdclr import SDCLR
+from sdclr.methods.simclr import SimCLR
+
+
+class Boosted:
+    """BCL over a two-view method that provides ``encode(x1, x2)`` (mixed in before it)."""
+
+    followup = True
+    #: RandAugment ops per view
+    ops: int
+
+    def _boost(self, bcl_params, num_samples: int) -> None:
+        self.scores = MemorizationScores(num_samples, bcl_params.beta)
+        self.rand_strength = bcl_params.rand_strength
+        self.boosting = False  # epoch 1: no scores yet
+        self.w = None  # per image, set at each epoch's start from the scores
+
+    def on_epoch_start(self, epoch):
+        metrics = super().on_epoch_start(epoch)
+        self.boosting = epoch > 0
+        self.w = self.scores.weights()
+        return {**metrics, "w_std": float(self.w.std())}
+
+    def magnitude(self, w: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, images, indices, generator):
+        x1, x2 = self.augment(images, generator), self.augment(images, generator)
+        if self.boosting:
+            w = self.w[indices]
+            m = self.magnitude(w, generator)
+            x1, x2 = (rand_augment(x, self.ops, w, m, generator) for x in (x1, x2))
+        z1, z2 = self.encode(self.memory_format(x1), self.memory_format(x2))
+        losses = nt_xent_per_image(gather_with_grad(z1), gather_with_grad(z2), self.temperature)
+        self.scores.update(gather(indices), losses)  # the global batch's images and losses
+        return losses.mean(), {}
+
+    def per_image_state(self):
+        """w used in the last epoch and the score after it, per row of the training subset."""
+        return {"w": self.w, "score": self.scores.score}
+
+
+class BCLI(Boosted, SimCLR):
+    """BCL-I: BCL on SimCLR, one RandAugment op per view."""
+
+    name = "bcl_i"
+    ops = 1
+    own_stage_params = ("model", "bcl")
+
+    def __init__(self, net, temperature: float, bcl_params, num_samples: int):
+        SimCLR.__init__(self, net, temperature)
+        self._boost(bcl_params, num_samples)
+
+    @classmethod
+    def from_params(cls, params, net, num_samples):
+        return cls(net, params.pretrain.temperature, params.bcl, num_samples)
+
+    @classmethod
+    def shaping_params(cls, params):
+        return asdict(params.bcl)
+
+    @classmethod
+    def weight_decay(cls, params):
+        """BCL-I's own when set (official: 5e-4), else the shared one."""
+        wd = params.bcl.weight_decay_i
+        return params.pretrain.weight_decay if wd is None else wd
+
+    @classmethod
+    def resolved_params(cls, params):
+        return {"bcl.weight_decay_i": cls.weight_decay(params)}
+
+    def magnitude(self, w, generator):
+        return self.rand_strength * (1.0 + 2.0 * w) / 3.0
+
+
+class BCLD(Boosted, SDCLR):
+    """BCL-D: BCL on SDCLR (dense view 1, pruned view 2), two RandAugment ops per view."""
+
+    name = "bcl_d"
+    ops = 2
+    own_stage_params = ("model", "prune_ratio", "bcl")
+
+    def __init__(self, net, temperature: float, prune_ratio: float, bcl_params, num_samples: int):
+        SDCLR.__init__(self, net, temperature, prune_ratio)
+        self._boost(bcl_params, num_samples)
+
+    @classmethod
+    def from_params(cls, params, net, num_samples):
+        return cls(net, params.pretrain.temperature, params.prune_ratio, params.bcl, num_samples)
+
+    @classmethod
+    def shaping_params(cls, params):
+        return {"prune_ratio": params.prune_ratio, **asdict(params.bcl)}
+
+    @classmethod
+    def weight_decay(cls, params):
+        """BCL-D's own when set (official: 1e-4), else the shared one."""
+        wd = params.bcl.weight_decay_d
+        return params.pretrain.weight_decay if wd is None else wd
+
+    @classmethod
+    def resolved_params(cls, params):
+        return {"bcl.weight_decay_d": cls.weight_decay(params)}
+
+    def magnitude(self, w, generator):
+        u = torch.rand(w.shape, generator=generator, device=w.device)  # per image, shared by both views
+        return self.rand_strength * (1.0 + 5.0 * w * u) / 6.0
