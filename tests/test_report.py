@@ -124,7 +124,10 @@ def test_json_files_hold_fractions_and_the_scores_a_few_headline_numbers(tmp_pat
     diff = next(r for r in summary["paired_differences"]
                 if (r["a"], r["b"], r["kind"], r["metric"]) == ("sdclr", "simclr", "full_shot", "accuracy"))
     assert diff["mean"] == pytest.approx(0.025)
-    assert sorted(p.name for p in (out / "scores").iterdir()) == ["random.json", "sbid.json", "sdclr.json", "simclr.json"]
+    from sdclr.methods import METHODS
+
+    assert sorted(p.name for p in (out / "scores").iterdir()) == sorted(f"{m}.json" for m in ("random", *METHODS))
+    assert json.loads((out / "scores/bcl_i.json").read_text()) == {"splits": 0}  # a follow-up that did not run
     sdclr = json.loads((out / "scores/sdclr.json").read_text())
     assert list(sdclr) == ["full_shot", "few_shot", "knn", "full_shot_minor", "full_shot_balancedness", "splits"]
     assert sdclr["full_shot"] == pytest.approx(0.83) and sdclr["full_shot_minor"] == pytest.approx(0.7)
