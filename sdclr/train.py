@@ -134,7 +134,8 @@ class Training:
     history: list[dict] = field(default_factory=list)  # per-epoch metrics, carried through checkpoints
     start_epoch: int = 0
     temperature_at: Callable[[int], float] | None = None  # epoch (from 1) → τ, when a schedule is set
-    compile_pending: bool = False  # the network's forward is compiled and its first step is still to come
+    compile_mode: str | None = None  # torch.compile mode for the first step to apply; None: eager
+    compile_pending: bool = False  # compile is asked for and the first step is still to come
     cuda_graphs: bool = False  # the compiled network replays CUDA graphs (compile_mode: reduce-overhead)
     log: Callable[[str], None] = print
 
@@ -157,11 +158,17 @@ class Training:
     def _first_compiled_step(self, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The first step compiles; if compiling fails, say so in one line and go on eagerly.
 
+        Compiling here, not in :func:`build`, keeps everything before the first step eager
+        (sbid's bank fill pass), so no compile can happen outside this fallback.
+
         A failed attempt may have run part of the step (augmentation draws, BatchNorm
         statistics, sbid's bank), so the weights, buffers and random states are restored
         first: the eager run then continues exactly as if compile had never been asked for.
         """
         self.compile_pending = False
+        net = self.method.net  # the network and the augmentation's transform; the losses stay eager
+        net.forward = torch.compile(net.forward, mode=self.compile_mode)  # (their kernels failed on an H100)
+        self.method.augment.compile(self.compile_mode)
         saved = ({k: v.clone() for k, v in self.method.state_dict().items()}, self.gen.get_state(),
                  torch.get_rng_state())
         try:
@@ -204,16 +211,12 @@ def build(params: Params, method_name: str, split_id: int, images: np.ndarray, i
     method = cls.from_params(params, net, num_samples=n).to(device)
     if channels_last:
         method = method.to(memory_format=torch.channels_last)
-    augment = BatchAugment(params.augment, channels=spec.in_channels)
-    method.configure(augment, channels_last)
+    method.configure(BatchAugment(params.augment, channels=spec.in_channels), channels_last)
     gen, shared_gen = torch.Generator(device=device), torch.Generator(device=device)
     gen.manual_seed(params.seed * 1000 + split_id + 1 + 100_003 * ctx.rank)
     shared_gen.manual_seed(params.seed * 1000 + split_id + 2)
     method.shared_generator = shared_gen if ctx.active else None
-    compiled = p.compile is True or (p.compile == "auto" and on_cuda)
-    if compiled:  # the network and the augmentation's transform; the losses stay eager (their fused
-        method.net.forward = torch.compile(method.net.forward, mode=p.compile_mode)  # kernels failed on an H100)
-        augment.compile(p.compile_mode)
+    compiled = p.compile is True or (p.compile == "auto" and on_cuda)  # applied by the first step
     if on_cuda:
         torch.backends.cudnn.benchmark = True  # static shapes: cuDNN may time its algorithms once
     trained = distributed.wrap(method, ctx, device, p.sync_bn)
@@ -221,7 +224,8 @@ def build(params: Params, method_name: str, split_id: int, images: np.ndarray, i
     optimizer = torch.optim.SGD(method.parameters(), lr=peak_lr, momentum=p.momentum,
                                 weight_decay=cls.weight_decay(params), fused=True if compiled and on_cuda else None)
     return Training(
-        method=method, step_fn=trained, compile_pending=compiled, optimizer=optimizer, data=data,
+        method=method, step_fn=trained, compile_mode=p.compile_mode if compiled else None, compile_pending=compiled,
+        optimizer=optimizer, data=data,
         cuda_graphs=compiled and on_cuda and p.compile_mode == "reduce-overhead",
         temperature_at=partial(cosine_temperature, tau_min=p.tau_min, tau_max=p.tau_max, period_epochs=p.period_epochs)
         if "cosine" in (p.temperature_schedule, cls.temperature_schedule) else None,
