@@ -1,20 +1,33 @@
 #!/usr/bin/env bash
-# The main job: set up, then rebuild every result of params.yaml with DVC.
-#   bash scripts/reproduce.sh                         # the default (CPU-sized) pipeline
+# The main job: set up, rebuild every result of params.yaml with DVC, compare with the committed report.
+#   bash scripts/reproduce.sh                         # the default pipeline, independent stages side by side
+#   bash scripts/reproduce.sh --jobs 1                # one stage at a time (the same bytes, in portable numerics)
 #   bash scripts/reproduce.sh --preset cifar10_paper  # merge presets/cifar10_paper.yaml into params.yaml first
-# Other arguments go to `dvc repro`.
+#   bash scripts/reproduce.sh report                  # only what the named stage(s) need
+# --jobs N: at most N stages at once (default: the cores, or one per visible GPU); see sdclr/parallel.py.
+# Arguments starting with '-' other than these go to a plain, sequential `dvc repro`.
 set -euo pipefail
 preset=""
-args=()
+jobs=0
+targets=()
+dvc_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --preset) preset="${2:?--preset needs a name, e.g. cifar10_paper}"; shift 2 ;;
     --preset=*) preset="${1#--preset=}"; shift ;;
-    *) args+=("$1"); shift ;;
+    --jobs|-j) jobs="${2:?--jobs needs a number, e.g. 2}"; shift 2 ;;
+    --jobs=*) jobs="${1#--jobs=}"; shift ;;
+    -*) dvc_args+=("$1"); shift ;;
+    *) targets+=("$1"); shift ;;
   esac
 done
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 if [ -n "$preset" ]; then
   python -m sdclr.presets "$preset"
 fi
-dvc repro ${args[@]+"${args[@]}"}
+if [ ${#dvc_args[@]} -gt 0 ]; then
+  dvc repro "${dvc_args[@]}" ${targets[@]+"${targets[@]}"}
+else
+  python -m sdclr.parallel --jobs "$jobs" ${targets[@]+"${targets[@]}"}
+fi
+python -m sdclr.compare

@@ -15,27 +15,26 @@ import argparse
 import fcntl
 import json
 import os
-import platform
 from pathlib import Path
 
 import torch
 
+from sdclr import numerics
 from sdclr.io import write_json
 
 COST_PATH = Path("reports/cost.json")
 
 
 def device_name(device: torch.device) -> str:
-    """A human name of the device that did the work (GPU model, or the CPU and its core count)."""
+    """A human name of the device that did the work (GPU model, or the CPU and its thread count)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model = platform.machine()
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"cpu: {model}, {torch.get_num_threads()} threads"
+    return f"cpu: {numerics.cpu_model()}, {torch.get_num_threads()} threads"
+
+
+def machine(device: torch.device, mode: str) -> dict[str, str]:
+    """The cost entry's machine fields: the device, and the numerics that made the numbers."""
+    return {"device": device_name(device), "numerics": numerics.describe(mode, device)}
 
 
 def record(key: str, entry: dict, path: Path) -> None:
@@ -59,10 +58,11 @@ def markdown(path: Path) -> str:
     if not path.exists():
         return f"{path} does not exist yet: it is written by the pretrain and evaluate stages."
     table = json.loads(path.read_text())
-    rows = ["| stage / method / split | seconds | images/s | epochs | device |", "|---|---|---|---|---|"]
+    rows = ["| stage / method / split | seconds | images/s | epochs | device | numerics |", "|---|---|---|---|---|---|"]
     for key, e in table.items():
         rate = f"{e['images_per_s']:.0f}" if "images_per_s" in e else "—"
-        rows.append(f"| {key} | {e['seconds']:.1f} | {rate} | {e.get('epochs', '—')} | {e.get('device', '?')} |")
+        rows.append(f"| {key} | {e['seconds']:.1f} | {rate} | {e.get('epochs', '—')} | {e.get('device', '?')} | "
+                    f"{e.get('numerics', '?')} |")
     return "\n".join(rows)
 
 

@@ -23,7 +23,7 @@ from sdclr.metrics import group_report, per_class_accuracy
 
 #: the params an evaluate stage reads (dvc.yaml lists them; ``evaluate-random`` adds ``model``,
 #: the architecture of its untrained encoder, which the others read from the encoder file)
-STAGE_PARAMS = ("seed", "device", "data.dataset", "evaluate")
+STAGE_PARAMS = ("seed", "device", "numerics", "data.dataset", "evaluate")
 
 
 @torch.no_grad()

@@ -449,7 +449,7 @@ def write_report(metrics_root: Path, history_root: Path, splits_summary: Path, p
 
 #: params that are not part of a paper's recipe (where the data is, how fast it runs) or that
 #: depend on the dataset's size; the deviations list ignores them
-NOT_RECIPE = {"device", "data.dataset", "data.source_dir", "data.download", "subsample.val_per_class",
+NOT_RECIPE = {"device", "numerics", "data.dataset", "data.source_dir", "data.download", "subsample.val_per_class",
               "subsample.n_max", "pretrain.checkpoint_every", "pretrain.amp", "pretrain.channels_last",
               "pretrain.compile", "pretrain.compile_mode", "pretrain.nproc", "pretrain.sync_bn", "evaluate.feature_batch_size",
               "sbid.bank_momentum", "sbid.bank_step"}

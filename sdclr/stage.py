@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from sdclr import numerics
 from sdclr.config import Params, load_params
 from sdclr.errors import ParamError, SdclrError
 from sdclr.io import remove_stale_temps
@@ -34,7 +35,8 @@ def run_stage(
     outputs: tuple[str, ...] = (),
     shared_outputs: tuple[str, ...] = (),
 ) -> None:
-    """Parse, load params, prepare the outputs, run ``main``; errors become one line and exit 2.
+    """Parse, load params, apply their numerics, prepare the outputs, run ``main``; errors become
+    one line and exit 2.
 
     ``outputs`` name the path arguments this stage alone writes (checked writable, and the
     temporaries a killed earlier run left beside them removed); ``shared_outputs`` those
@@ -47,6 +49,8 @@ def run_stage(
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params)
+        if "torch" in sys.modules:  # a stage that computes: its thread count, and a check that the pin took
+            numerics.apply(params.numerics)
         paths = {name: getattr(args, name) for name in (*outputs, *shared_outputs)}
         paths = {name: path for name, path in paths.items() if path is not None}  # optional outputs not asked for
         for name in outputs:

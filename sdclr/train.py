@@ -99,7 +99,7 @@ def _silent(message: str) -> None:
 def training_fingerprint(params: Params, method_cls, split_id: int, indices: np.ndarray, world_size: int = 1) -> str:
     p = params.pretrain
     shaping = {
-        "method": method_cls.name, "split": split_id, "seed": params.seed,
+        "method": method_cls.name, "split": split_id, "seed": params.seed, "numerics": params.numerics,
         "width": params.model.width, "head": asdict(method_cls.head_spec(params)), "augment": asdict(params.augment),
         "pretrain": {k: v for k, v in asdict(p).items() if k not in ("checkpoint_every", "nproc")},
         "method_params": method_cls.shaping_params(params),

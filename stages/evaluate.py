@@ -7,6 +7,10 @@ land on that pretraining run, the (method, split) row of the runs table. The tim
 took goes to MLflow and to the machine-dependent ``--cost`` file (not a DVC output).
 """
 
+from sdclr.numerics import pin_before_torch
+
+pin_before_torch()  # first: torch reads its kernel level once, when it loads (sdclr/numerics.py)
+
 import time
 from pathlib import Path
 
@@ -32,8 +36,9 @@ def main(params, args):
     train, test = raw.train, raw.test
     split = load_split(args.splits, args.split, params.subsample.splits, num_train=len(train["labels"]))
     experiment = tracking.experiment_name(params.data.dataset)
+    machine = cost.machine(device, params.numerics)
     tags = {"dataset": params.data.dataset, "method": args.method, "split": args.split, "stage": "evaluate",
-            "data_split_md5": md5_file(split_file(args.splits, args.split))}
+            "data_split_md5": md5_file(split_file(args.splits, args.split)), **machine}
     read = (*STAGE_PARAMS, "model") if args.method == "random" else STAGE_PARAMS
     logged = {**tracking.select_params(as_flat_dict(params), read), "method": args.method, "split": args.split}
     parent = ""  # random has no pretraining run: its evaluation is its row in MLflow
@@ -55,15 +60,14 @@ def main(params, args):
         metrics = evaluate_encoder(net.to(device).eval(), train["images"], train["labels"], test["images"],
                                    test["labels"], split, groups_of(split["class_order"]), params.evaluate,
                                    params.seed, device)
-        metrics.update(method=args.method, split=args.split, dataset=params.data.dataset)
+        metrics.update(method=args.method, split=args.split, dataset=params.data.dataset, numerics=machine["numerics"])
         write_json(args.out, metrics)
         seconds = time.perf_counter() - t0
         run.log_metrics({**flat_metrics(metrics), "evaluate_seconds": seconds}, step=0)
         if parent:  # the (method, split) row: the pretraining run, sortable by these accuracies
             tracking.log_metrics_to(parent, flat_metrics(metrics))
         run.log_artifact(args.out, "metrics")
-    cost.record(f"evaluate/{args.method}/split{args.split}", {"seconds": round(seconds, 1),
-                                                              "device": cost.device_name(device)}, args.cost)
+    cost.record(f"evaluate/{args.method}/split{args.split}", {"seconds": round(seconds, 1), **machine}, args.cost)
     print(f"{args.method} split {args.split}: full-shot {metrics['full_shot']['accuracy']:.4f}, "
           f"few-shot {metrics['few_shot']['accuracy']:.4f}, kNN {metrics['knn']['accuracy']:.4f} → {args.out}")
 

@@ -11,6 +11,10 @@ Runs unchanged under ``torchrun --nproc_per_node N`` (DistributedDataParallel; r
 writes and tracks); with ``pretrain.nproc > 1`` it launches torchrun itself.
 """
 
+from sdclr.numerics import pin_before_torch
+
+pin_before_torch()  # first: torch reads its kernel level once, when it loads (sdclr/numerics.py)
+
 import os
 from pathlib import Path
 
@@ -43,8 +47,9 @@ def main(params, args):
         cls = method_class(args.method)
         logged = {**tracking.select_params(as_flat_dict(params), cls.stage_params()), **cls.resolved_params(params),
                   "method": args.method, "split": args.split}
+        machine = cost.machine(device, params.numerics)
         tags = {"dataset": params.data.dataset, "method": args.method, "split": args.split, "stage": "pretrain",
-                "world_size": ctx.world_size, "data_split_md5": md5_file(split_file(args.splits, args.split))}
+                "world_size": ctx.world_size, "data_split_md5": md5_file(split_file(args.splits, args.split)), **machine}
         resume = checkpoint_run_id(args.checkpoint, params, args.method, args.split, split["longtail"], ctx.world_size)
         with tracking.Run(tracking.experiment_name(params.data.dataset), f"pretrain-{args.method}-split{args.split}",
                           logged, tags, "stages/pretrain.py", resume_run_id=resume) as run:
@@ -58,8 +63,8 @@ def main(params, args):
                 run.log_model(encoder, example_batch(images), {**tags, "model_md5": model_md5})
         cost.record(f"pretrain/{args.method}/split{args.split}", {
             "seconds": round(result.seconds, 1), "images_per_s": round(result.images_per_s, 1),
-            "epochs": result.epochs_run, "resumed_from_epoch": result.resumed_from_epoch,
-            "device": cost.device_name(device) + (f" x{ctx.world_size}" if ctx.world_size > 1 else "")}, args.cost)
+            "epochs": result.epochs_run, "resumed_from_epoch": result.resumed_from_epoch, **machine,
+            "device": machine["device"] + (f" x{ctx.world_size}" if ctx.world_size > 1 else "")}, args.cost)
     finally:
         distributed.shutdown()
     args.checkpoint.unlink(missing_ok=True)  # the final encoder supersedes the resume checkpoint

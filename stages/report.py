@@ -1,6 +1,10 @@
 """Stage `report`: every metrics file and history → scores/<method>.json (the DVC metrics), summary.json,
 pretrain_loss.csv (the DVC loss plot), report.md and figures/ under ``--out``."""
 
+from sdclr.numerics import pin_before_torch
+
+pin_before_torch()  # first: torch reads its kernel level once, when it loads (sdclr/numerics.py)
+
 from pathlib import Path
 
 from sdclr import tracking

@@ -1,9 +1,23 @@
-"""Shared fixtures: the project root, default params, and a small real dataset on disk."""
+"""Shared fixtures: the project root, default params, and a small real dataset on disk.
+
+The suite runs with the portable kernels (AVX2), pinned here before anything imports
+torch: its numbers are then the same on every x86-64 CPU, and a stage called in-process
+passes the pin check of :func:`sdclr.numerics.apply`. The thread count is left to each
+test (a stage run in a subprocess pins its own).
+"""
 
 from __future__ import annotations
 
 import copy
+import os
+import sys
 from pathlib import Path
+
+from sdclr.numerics import PORTABLE_ENV, has_avx2
+
+if has_avx2():
+    assert "torch" not in sys.modules, "tests/conftest.py must pin the kernels before torch is imported"
+    os.environ.update(PORTABLE_ENV)
 
 import numpy as np
 import pytest
@@ -11,6 +25,16 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(autouse=True)
+def _keep_thread_count():
+    """A stage run in-process sets torch's threads (portable: 1); the next test gets its own back."""
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch else None
+    yield
+    if threads and sys.modules["torch"].get_num_threads() != threads:
+        sys.modules["torch"].set_num_threads(threads)
 
 
 @pytest.fixture

@@ -161,6 +161,7 @@ def _fake_outputs(proj: Path, followups: bool = False) -> None:
     """Put a file at every output (and data dep) of the graph, so `dvc commit` can lock it as run
     (the follow-ups' outputs too when ``followups``: their stages then run on split 0)."""
     for rel in ("data/raw/fashion_mnist/train.npz", "data/splits/fashion_mnist/split0.npz",
+                "data/splits/fashion_mnist/pool_val.npz",
                 "reports/report.md", "reports/summary.json", "reports/pretrain_loss.csv",
                 *(f"reports/figures/{f}.png" for f in ("group_accuracy", "pretrain_loss", "class_counts",
                                                         "bcl_w_by_group"))):

@@ -48,3 +48,16 @@ def test_bad_param_fails_the_stage_with_one_sentence(tmp_path):
     assert "params.yaml: subsample.imbalance_ratio = 0.5 is out of range; accepted: a number >= 1." in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr + proc.stdout
     assert (proj / "data/raw/fashion_mnist/train.npz").exists()  # earlier results are kept
+
+
+def test_channel_stats_from_histograms_equal_a_float64_pass_over_every_pixel():
+    from sdclr.data.device_data import channel_stats
+
+    rng = np.random.default_rng(0)
+    for channels in (1, 3):
+        images = rng.integers(0, 256, (50, 9, 7, channels), dtype=np.uint8)
+        images[..., 0] //= 3  # channels with different statistics
+        x = images.reshape(-1, channels).astype(np.float64) / 255.0
+        mean, std = channel_stats(images)
+        np.testing.assert_allclose(mean, x.mean(0), rtol=1e-12)
+        np.testing.assert_allclose(std, x.std(0), rtol=1e-12)

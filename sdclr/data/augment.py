@@ -220,9 +220,13 @@ class BatchAugment:
         with torch.autocast(device_type=images.device.type, enabled=False):
             return self._transform(images, *self.draw(images.shape, generator, images.device))
 
-    @torch.compiler.disable  # generator-driven RNG stays eager: same seed → same draws, compiled or not
     def draw(self, shape: torch.Size, generator: torch.Generator, device: torch.device):
-        """Every random number of one call: crop boxes (n×4) and n×11 uniforms (two draws)."""
+        """Every random number of one call: crop boxes (n×4) and n×11 uniforms (two draws).
+
+        Always eager (only :meth:`transform` is ever compiled): generator-driven draws then give
+        the same numbers for the same seed, compiled or not. (No ``torch.compiler.disable``
+        decorator: it would import Dynamo, ~0.7 s, into every stage process.)
+        """
         p, (n, _, height, width) = self.params, shape
         boxes = sample_crop_boxes(n, height, width, p.crop_scale, p.crop_ratio, generator, device)
         u = torch.rand(n, 11, generator=generator, device=device)  # flip, jitter?, gray?, 4 factors, 4 order keys

@@ -24,7 +24,7 @@ from sdclr.config import Params
 from sdclr.models import HeadSpec
 
 #: the params every pretraining stage reads (dvc.yaml lists them, plus each method's own)
-SHARED_STAGE_PARAMS = ("seed", "device", "data.dataset", "augment", "pretrain")
+SHARED_STAGE_PARAMS = ("seed", "device", "numerics", "data.dataset", "augment", "pretrain")
 
 
 class Method(nn.Module):

@@ -1,0 +1,313 @@
+"""Run the pipeline's independent stages side by side, with DVC doing every stage's work.
+
+    python -m sdclr.parallel --jobs 2            # what `bash scripts/reproduce.sh --jobs 2` runs
+    python -m sdclr.parallel --jobs 4 report     # only what `report` needs
+
+DVC runs one stage at a time, and documents parallel execution as several ``dvc repro``
+processes on independent targets: each holds read/write locks on the paths it touches,
+and the repo lock only while it reads or writes ``dvc.lock`` (not while the command
+runs). This module is the thin scheduler around that unit of work: it asks DVC which
+stages are out of date, then starts ``dvc repro --single-item <stage>`` for every such
+stage whose upstream stages are done, at most ``--jobs`` at a time, and ends with a
+plain ``dvc repro`` that must find nothing left to do. Every stage's ``dvc.lock`` entry
+and outputs are therefore written by DVC itself, exactly as a sequential run writes them.
+A cluster runs the same unit (docs/design.md, "Clusters").
+
+- **Numerics.** A portable stage pins its kernels and runs on one thread whatever its
+  parent's environment (:mod:`sdclr.numerics`), so ``--jobs`` cannot change a byte. With
+  ``numerics: native`` each stage gets ``cores // jobs`` threads.
+- **GPUs.** With visible GPUs each stage gets one (``CUDA_VISIBLE_DEVICES``), at most
+  ``--per-gpu`` stages per GPU.
+- **The lock race.** Two ``dvc`` processes that start or finish together can miss each
+  other's lock (DVC issue #10465): the stage is started again, never failed on it.
+- **Failures.** A failed stage stops the others (SIGINT: a pretraining keeps its last
+  checkpoint), is named in one sentence with its own error line and its log, and the
+  next run resumes: finished stages are up to date, a stopped pretraining resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sdclr.errors import SdclrError
+
+#: what DVC prints when it lost a lock race to another dvc process (repo lock or a path's rwlock)
+LOCK_RACE = re.compile(r"Unable to acquire lock|is busy, it is being blocked by|Lock file .* is locked")
+#: how often one stage is started again after losing a lock race
+LOCK_RETRIES = 8
+#: where each stage's output goes (DVC's own tmp folder: ignored by git and by DVC)
+LOG_DIR = Path(".dvc/tmp/parallel")
+
+
+@dataclass
+class Plan:
+    """The out-of-date stages in a runnable order, each one's out-of-date upstream stages, and
+    how many out-of-date stages wait on each (directly or not)."""
+
+    order: list[str]
+    upstream: dict[str, set[str]] = field(default_factory=dict)
+    waiting: dict[str, int] = field(default_factory=dict)
+
+
+def plan(root: Path, targets: list[str] | None = None) -> Plan:
+    """Ask DVC which stages must run: the changed ones and everything downstream of them.
+
+    ``dvc status`` only sees a stage's own changes (an upstream stage that will re-run has
+    not changed its outputs yet), so every stage downstream of a changed one runs too.
+    """
+    import networkx as nx
+    from dvc.repo import Repo
+
+    from dvc.lock import LockError
+
+    here = os.getcwd()
+    os.chdir(root)  # stage addressing ("name", "name@item") is relative to the working directory
+    try:
+        attempt = 1
+        while True:
+            try:
+                return _plan(Repo, nx, targets)
+            except LockError as e:  # another dvc process is reading or writing a path `dvc status` reads
+                if attempt == LOCK_RETRIES:
+                    first = str(e).splitlines()[0]
+                    raise SdclrError(f"another DVC process holds a lock this run needs ({first}); wait for it to "
+                                     f"finish, or remove {root}/.dvc/tmp/rwlock if no dvc process runs.") from None
+                time.sleep(attempt)
+                attempt += 1
+    finally:
+        os.chdir(here)
+
+
+def _plan(Repo, nx, targets: list[str] | None) -> Plan:
+    with Repo(".") as repo:
+        graph = repo.index.graph  # edge (a, b): stage a depends on stage b
+        by_name = {stage.addressing: stage for stage in graph.nodes}
+        wanted = set(by_name)
+        if targets:
+            unknown = [t for t in targets if t not in by_name]
+            if unknown:
+                raise SdclrError(f"no stage named {', '.join(unknown)} in dvc.yaml; `dvc stage list` names them all.")
+            wanted = set(targets).union(*(
+                {s.addressing for s in nx.descendants(graph, by_name[t])} for t in targets))
+        changed = {name for name in repo.status(targets=sorted(wanted)) if name in wanted}
+    run = set(changed)
+    for name in changed:
+        run |= {s.addressing for s in nx.ancestors(graph, by_name[name])} & wanted
+    order = [s.addressing for s in reversed(list(nx.topological_sort(graph))) if s.addressing in run]
+    upstream = {name: {s.addressing for s in graph.successors(by_name[name])} & run for name in order}
+    waiting = {name: len({s.addressing for s in nx.ancestors(graph, by_name[name])} & run) for name in order}
+    return Plan(order, upstream, waiting)
+
+
+def expected_seconds(root: Path) -> dict[str, float]:
+    """Each stage's time on its last run here (reports/cost.json), by stage name; a split not
+    timed yet gets the method's mean over the splits that were."""
+    import json
+
+    try:
+        cost = json.loads((root / "reports" / "cost.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    by_kind: dict[str, list[float]] = {}
+    out = {}
+    for key, entry in cost.items():
+        parts = key.split("/")  # pretrain/<method>/split<k>
+        if len(parts) == 3 and parts[2].startswith("split") and isinstance(entry.get("seconds"), (int, float)):
+            out[f"{parts[0]}-{parts[1]}@{parts[2].removeprefix('split')}"] = entry["seconds"]
+            by_kind.setdefault(f"{parts[0]}-{parts[1]}", []).append(entry["seconds"])
+    out.update({kind: sum(v) / len(v) for kind, v in by_kind.items()})
+    return out
+
+
+def priority(the_plan: Plan, seconds: dict[str, float]):
+    """Which ready stage starts first: the one most stages wait on, then the longest (as last
+    timed): long pretrainings first, so that short evaluations fill the lanes at the end."""
+    def key(name: str) -> tuple[int, float]:
+        return -the_plan.waiting.get(name, 0), -seconds.get(name, seconds.get(name.split("@")[0], 0.0))
+    return key
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs a stage could use: ``CUDA_VISIBLE_DEVICES`` when set, else what nvidia-smi lists."""
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        return [g for g in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if g.strip() not in ("", "-1")]
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
+
+
+def default_jobs(gpus: list[str], per_gpu: int) -> int:
+    """Stages at once: the cores (one thread each in portable numerics), or the GPU slots."""
+    return len(gpus) * per_gpu if gpus else max(1, len(os.sched_getaffinity(0)))
+
+
+@dataclass
+class Running:
+    name: str
+    proc: subprocess.Popen
+    log: Path
+    started: float
+    gpu: str | None
+    attempt: int
+
+
+def _error_line(log: Path) -> str:
+    """The stage's own one-sentence error (``error: ...``), else DVC's last error line."""
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    for prefix in ("error: ", "ERROR: "):
+        found = [line for line in lines if line.startswith(prefix)]
+        if found:
+            return found[0].removeprefix(prefix)
+    return lines[-1] if lines else "no output"
+
+
+def _stop(running: dict[str, Running], grace_s: float = 120.0) -> None:
+    """SIGINT every running stage (a pretraining keeps its checkpoint), then wait; SIGKILL after ``grace_s``."""
+    for r in running.values():
+        try:
+            os.killpg(r.proc.pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace_s
+    for r in running.values():
+        try:
+            r.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(r.proc.pid, signal.SIGKILL)
+            r.proc.wait()
+
+
+def run(root: Path, jobs: int, targets: list[str] | None = None, per_gpu: int = 1, log=print,
+        env: dict[str, str] | None = None, dvc: tuple[str, ...] = (sys.executable, "-m", "dvc")) -> None:
+    """Bring ``targets`` (default: every stage) up to date with at most ``jobs`` stages at once.
+
+    ``env``: the stages' environment (default: this process's). Raises :class:`SdclrError`
+    with one sentence when a stage fails (after stopping the others).
+    """
+    root = root.resolve()
+    the_plan = plan(root, targets)
+    total = len(the_plan.order)
+    gpus = visible_gpus()
+    slots = {g: per_gpu for g in gpus}
+    log(f"parallel: {total} stage(s) to run, at most {jobs} at once"
+        + (f", {per_gpu} per GPU on {len(gpus)} GPU(s)" if gpus else "") + (": nothing to do." if not total else "."))
+    env = dict(os.environ if env is None else env)
+    if _numerics(root) == "native":
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // jobs))
+    logs = root / LOG_DIR
+    logs.mkdir(parents=True, exist_ok=True)
+    pending, running, done = list(the_plan.order), {}, set()
+    first = priority(the_plan, expected_seconds(root))
+    attempts: dict[str, int] = {}
+    t_start = time.monotonic()
+
+    def start(name: str) -> None:
+        gpu = next((g for g, free in slots.items() if free > 0), None)
+        child_env = dict(env)
+        if gpu is not None:
+            slots[gpu] -= 1
+            child_env["CUDA_VISIBLE_DEVICES"] = gpu
+        attempts[name] = attempts.get(name, 0) + 1
+        path = logs / f"{name}.log"
+        with open(path, "w") as out:
+            proc = subprocess.Popen([*dvc, "--wait-for-lock", "repro", "--single-item", name], cwd=root,
+                                    env=child_env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        running[name] = Running(name, proc, path, time.monotonic(), gpu, attempts[name])
+        log(f"[{len(done) + 1:>{len(str(total))}}/{total}] start  {name}" + (f" on GPU {gpu}" if gpu else "")
+            + (f" (attempt {attempts[name]}: lock race)" if attempts[name] > 1 else ""))
+
+    try:
+        while pending or running:
+            gpu_free = not gpus or any(free > 0 for free in slots.values())
+            for name in sorted(pending, key=first):
+                if len(running) >= jobs or not gpu_free:
+                    break
+                if the_plan.upstream[name] <= done:
+                    pending.remove(name)
+                    start(name)
+                    gpu_free = not gpus or any(free > 0 for free in slots.values())
+            time.sleep(0.2)
+            for name, r in list(running.items()):
+                rc = r.proc.poll()
+                if rc is None:
+                    continue
+                del running[name]
+                if r.gpu is not None:
+                    slots[r.gpu] += 1
+                seconds = time.monotonic() - r.started
+                if rc == 0:
+                    done.add(name)
+                    log(f"[{len(done):>{len(str(total))}}/{total}] done   {name} in {seconds:.0f} s "
+                        f"({total - len(done)} left, {len(running)} running)")
+                    continue
+                text = r.log.read_text(errors="replace")
+                if LOCK_RACE.search(text) and r.attempt <= LOCK_RETRIES:
+                    time.sleep(0.5 * r.attempt)
+                    pending.insert(0, name)
+                    continue
+                _stop(running)
+                raise SdclrError(f"stage {name} failed after {seconds:.0f} s ({_error_line(r.log)}); the stages "
+                                 f"running beside it were stopped and every finished stage is kept: fix the cause "
+                                 f"and run the same command again (its log: {r.log.relative_to(root)}).")
+    except KeyboardInterrupt:
+        _stop(running)
+        raise
+    if total:
+        log(f"parallel: {total} stage(s) in {time.monotonic() - t_start:.0f} s with {jobs} at once.")
+    final = subprocess.run([*dvc, "--wait-for-lock", "repro", *(targets or [])], cwd=root, env=env,
+                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    ran = re.findall(r"Running stage '([^']+)'", final.stdout)
+    if final.returncode != 0:
+        raise SdclrError(f"the closing `dvc repro` failed ({_last_error(final.stdout + final.stderr)}).")
+    log("dvc repro: nothing left to do, every stage is up to date." if not ran else
+        f"dvc repro: also ran {', '.join(ran)}, which the parallel pass had left out.")
+
+
+def _last_error(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith(("ERROR", "error:"))]
+    return (errors or lines or ["no output"])[-1]
+
+
+def _numerics(root: Path) -> str:
+    from sdclr.numerics import mode_in_params
+
+    return mode_in_params(root / "params.yaml")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("targets", nargs="*", help="stages to bring up to date (default: all)")
+    p.add_argument("--jobs", "-j", type=int, default=0, help="stages at once (default: the cores, or the GPU slots)")
+    p.add_argument("--per-gpu", type=int, default=1, help="stages sharing one GPU (default 1)")
+    args = p.parse_args(argv)
+    if args.jobs < 0 or args.per_gpu < 1:
+        p.error("--jobs must be >= 1 (0 = the default) and --per-gpu >= 1")
+    jobs = args.jobs or default_jobs(visible_gpus(), args.per_gpu)
+    try:
+        run(Path.cwd(), jobs, args.targets or None, args.per_gpu)
+    except SdclrError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: the running stages were stopped; finished stages are kept, run again to resume.",
+              file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
