@@ -55,6 +55,7 @@ def measure(args) -> dict:
 
     from sdclr.config import parse_params
     from sdclr.methods import METHODS
+    from sdclr.numerics import cpu_model
     from sdclr.train import ModelSpec, build
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -119,7 +120,8 @@ def measure(args) -> dict:
     cls = METHODS[args.method]
     return {
         "method": args.method, "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if on_cuda else "cpu",
+        "device_name": torch.cuda.get_device_name(device) if on_cuda else f"cpu: {cpu_model()}",
+        "cpu_kernels": torch.backends.cpu.get_cpu_capability(), "concurrent": int(os.environ.get("BENCH_CONCURRENT", 1)),
         "width": args.width, "batch": args.batch, "size": args.size, "channels": args.channels,
         "head": asdict(cls.head_spec(params)), "overrides": args.set or [], "amp": args.amp,
         "channels_last": t.method.channels_last, "compile": args.compile,

@@ -40,12 +40,16 @@ def _verdicts(summary: dict | None) -> dict[str, str]:
 
 
 def _made_on(root: Path) -> str:
-    """The machines and numerics this run's stages recorded in reports/cost.json."""
+    """The machines and numerics that the stages of this run's splits recorded in reports/cost.json
+    (the file also keeps entries of methods and splits this run did not include)."""
     try:
         cost = json.loads((root / "reports" / "cost.json").read_text())
     except (OSError, json.JSONDecodeError):
         return "this machine"
-    seen = sorted({f"{e.get('device', '?')}, {e.get('numerics', 'numerics not recorded')}" for e in cost.values()})
+    ran = {f"{kind}/{p.parent.name}/{p.stem}" for p in (root / "reports" / "metrics").glob("*/split*.json")
+           for kind in ("pretrain", "evaluate")}
+    entries = [e for key, e in cost.items() if key in ran] or list(cost.values())
+    seen = sorted({f"{e.get('device', '?')}, {e.get('numerics', 'numerics not recorded')}" for e in entries})
     return "; ".join(seen) or "this machine"
 
 

@@ -29,7 +29,8 @@ def device_name(device: torch.device) -> str:
     """A human name of the device that did the work (GPU model, or the CPU and its thread count)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu: {numerics.cpu_model()}, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"cpu: {numerics.cpu_model()}, {threads} thread{'s' if threads > 1 else ''}"
 
 
 def machine(device: torch.device, mode: str) -> dict[str, str]:

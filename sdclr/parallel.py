@@ -16,6 +16,12 @@ A cluster runs the same unit (docs/design.md, "Clusters").
 - **Numerics.** A portable stage pins its kernels and runs on one thread whatever its
   parent's environment (:mod:`sdclr.numerics`), so ``--jobs`` cannot change a byte. With
   ``numerics: native`` each stage gets ``cores // jobs`` threads.
+- **Allocator.** Stages run with tcmalloc where the machine has it (Debian's
+  ``libtcmalloc-minimal4``, which ``scripts/setup.sh`` installs), else with glibc's malloc
+  told to keep freed memory: torch's CPU kernels allocate and free every activation each
+  step, and handing that memory back to the OS costs page faults. Measured: pretraining
+  +16 % (tcmalloc) and +6–12 % (glibc tunables) on one thread; the bytes are the same
+  (torch aligns every tensor itself). ``SDCLR_ALLOCATOR=system`` turns it off.
 - **GPUs.** With visible GPUs each stage gets one (``CUDA_VISIBLE_DEVICES``), at most
   ``--per-gpu`` stages per GPU.
 - **The lock race.** Two ``dvc`` processes that start or finish together can miss each
@@ -44,6 +50,10 @@ from sdclr.errors import SdclrError
 LOCK_RACE = re.compile(r"Unable to acquire lock|is busy, it is being blocked by|Lock file .* is locked")
 #: how often one stage is started again after losing a lock race
 LOCK_RETRIES = 8
+#: a pretraining's per-epoch line: "simclr split 0 epoch 3/6: ..."
+EPOCH = re.compile(r"epoch (\d+)/(\d+)")
+#: seconds without a start or finish before the runner says what is running
+HEARTBEAT_S = 60.0
 #: where each stage's output goes (DVC's own tmp folder: ignored by git and by DVC)
 LOG_DIR = Path(".dvc/tmp/parallel")
 
@@ -154,6 +164,25 @@ def default_jobs(gpus: list[str], per_gpu: int) -> int:
     return len(gpus) * per_gpu if gpus else max(1, len(os.sched_getaffinity(0)))
 
 
+#: where Debian, Fedora and others put tcmalloc's minimal build
+TCMALLOC = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib64/libtcmalloc_minimal.so.4",
+            "/usr/lib/libtcmalloc_minimal.so.4")
+#: glibc malloc without tcmalloc: serve activations from the heap and keep freed memory there
+GLIBC_KEEP = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
+              "MALLOC_TOP_PAD_": str(256 << 20)}
+
+
+def allocator_env(env: dict[str, str]) -> dict[str, str]:
+    """The environment variables that give the stages a faster allocator (see the module doc)."""
+    if env.get("SDCLR_ALLOCATOR") == "system":
+        return {}
+    found = next((path for path in TCMALLOC if Path(path).is_file()), None)
+    if found is None:
+        return {name: env.get(name, value) for name, value in GLIBC_KEEP.items()}
+    preload = env.get("LD_PRELOAD", "")
+    return {} if "tcmalloc" in preload else {"LD_PRELOAD": f"{found} {preload}".strip()}
+
+
 @dataclass
 class Running:
     name: str
@@ -172,6 +201,13 @@ def _error_line(log: Path) -> str:
         if found:
             return found[0].removeprefix(prefix)
     return lines[-1] if lines else "no output"
+
+
+def _progress(r: Running) -> str:
+    """A running stage, with the last epoch its log shows (pretrainings print one line per epoch)."""
+    epochs = EPOCH.findall(r.log.read_text(errors="replace")[-4000:]) if r.log.exists() else []
+    where = f"epoch {epochs[-1][0]}/{epochs[-1][1]}, " if epochs else ""
+    return f"{r.name} ({where}{time.monotonic() - r.started:.0f} s)"
 
 
 def _stop(running: dict[str, Running], grace_s: float = 120.0) -> None:
@@ -205,6 +241,7 @@ def run(root: Path, jobs: int, targets: list[str] | None = None, per_gpu: int = 
     log(f"parallel: {total} stage(s) to run, at most {jobs} at once"
         + (f", {per_gpu} per GPU on {len(gpus)} GPU(s)" if gpus else "") + (": nothing to do." if not total else "."))
     env = dict(os.environ if env is None else env)
+    env.update(allocator_env(env))
     if _numerics(root) == "native":
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // jobs))
     logs = root / LOG_DIR
@@ -212,7 +249,7 @@ def run(root: Path, jobs: int, targets: list[str] | None = None, per_gpu: int = 
     pending, running, done = list(the_plan.order), {}, set()
     first = priority(the_plan, expected_seconds(root))
     attempts: dict[str, int] = {}
-    t_start = time.monotonic()
+    t_start = last_line = time.monotonic()
 
     def start(name: str) -> None:
         gpu = next((g for g, free in slots.items() if free > 0), None)
@@ -227,8 +264,9 @@ def run(root: Path, jobs: int, targets: list[str] | None = None, per_gpu: int = 
                                     env=child_env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True)
         running[name] = Running(name, proc, path, time.monotonic(), gpu, attempts[name])
-        log(f"[{len(done) + 1:>{len(str(total))}}/{total}] start  {name}" + (f" on GPU {gpu}" if gpu else "")
-            + (f" (attempt {attempts[name]}: lock race)" if attempts[name] > 1 else ""))
+        log(f"start {name}" + (f" on GPU {gpu}" if gpu else "")
+            + (f", attempt {attempts[name]} (it lost a lock race)" if attempts[name] > 1 else "")
+            + f" ({len(running)} running, {total - len(done) - len(running)} waiting)")
 
     try:
         while pending or running:
@@ -241,6 +279,9 @@ def run(root: Path, jobs: int, targets: list[str] | None = None, per_gpu: int = 
                     start(name)
                     gpu_free = not gpus or any(free > 0 for free in slots.values())
             time.sleep(0.2)
+            if running and time.monotonic() - last_line > HEARTBEAT_S:
+                log("running: " + ", ".join(_progress(r) for r in running.values()))
+                last_line = time.monotonic()
             for name, r in list(running.items()):
                 rc = r.proc.poll()
                 if rc is None:
@@ -249,10 +290,10 @@ def run(root: Path, jobs: int, targets: list[str] | None = None, per_gpu: int = 
                 if r.gpu is not None:
                     slots[r.gpu] += 1
                 seconds = time.monotonic() - r.started
+                last_line = time.monotonic()
                 if rc == 0:
                     done.add(name)
-                    log(f"[{len(done):>{len(str(total))}}/{total}] done   {name} in {seconds:.0f} s "
-                        f"({total - len(done)} left, {len(running)} running)")
+                    log(f"done  {name} in {seconds:.0f} s ({len(done)}/{total} done, {len(running)} running)")
                     continue
                 text = r.log.read_text(errors="replace")
                 if LOCK_RACE.search(text) and r.attempt <= LOCK_RETRIES:

@@ -38,7 +38,7 @@ from sdclr.io import write_bytes, write_json
 from sdclr.methods import METHODS, SingleBranchID
 from sdclr.plots import _pyplot
 from sdclr.presets import PRESET_DIR
-from sdclr.stats import CONFIDENCE, paired_difference
+from sdclr.stats import CONFIDENCE, paired_difference, splits_to_decide
 
 KINDS = {"full_shot": "Linear probe, full-shot", "few_shot": "Linear probe, few-shot (1 % per class)", "knn": "kNN"}
 GROUPS = ("major", "moderate", "minor")
@@ -94,7 +94,7 @@ def load_metrics(metrics_root: Path) -> pd.DataFrame:
         for kind in KINDS:
             r = m[kind]
             rows.append({
-                "method": m["method"], "split": m["split"], "kind": kind,
+                "method": m["method"], "split": m["split"], "kind": kind, "numerics": m.get("numerics", "not recorded"),
                 "accuracy": r["accuracy"], "balancedness": r["balancedness"],
                 **{g: r["groups"][g] for g in GROUPS},
             })
@@ -144,7 +144,7 @@ def compare(df: pd.DataFrame) -> list[dict]:
         d = paired_difference(values[c.a], values[c.b])
         out.append({"a": c.a, "b": c.b, "kind": c.kind, "metric": c.metric, "direction": c.direction,
                     "source": c.source, "splits": d.n, "mean": _round(d.mean),
-                    "low": None if d.low is None else _round(d.low),
+                    "sd": None if d.sd is None else _round(d.sd), "low": None if d.low is None else _round(d.low),
                     "high": None if d.high is None else _round(d.high), "verdict": d.verdict(c.direction)})
     return out
 
@@ -256,6 +256,48 @@ def verdict_sections(rows: list[dict]) -> list[str]:
         if sub:
             md += [f"### {source}", "", what, "", comparison_table(sub), ""]
     return md
+
+
+def undecided_section(rows: list[dict], n_splits: int) -> list[str]:
+    """The published claims this run leaves inconclusive, and why, from the measured spread.
+
+    An interval's half-width is t · s / √n (s: the split-to-split std of the paired
+    difference), so a claim stays open when its mean difference is small against s. For
+    each, the splits the same mean and s would need before the interval excluded 0.
+    """
+    open_ = [r for r in rows if r["source"] != "pretraining helps" and r["verdict"] == "inconclusive"
+             and r["sd"] is not None]
+    published = [r for r in rows if r["source"] != "pretraining helps"]
+    if n_splits < 2 or not published:
+        return []
+    md = ["## What this run cannot decide", "",
+          f"{len(open_)} of the {len(published)} published claims checked here stay *inconclusive* on {n_splits} "
+          "splits. A paired interval is mean ± t · s / √n, with s the split-to-split std of the difference: a claim "
+          "stays open while its mean difference is small against s. The last column is how many splits the same "
+          "mean difference and spread would need before the interval excluded 0 (a rough guide: both are "
+          "estimated from these few splits).", ""]
+    if not open_:
+        return md[:2] + [f"Every published claim checked here is decided on {n_splits} splits.", ""]
+    md += ["| claim | probe | metric | mean difference | split-to-split std | 95 % half-width | splits needed |",
+           "|" + "---|" * 7]
+    for r in open_:
+        need = splits_to_decide(r["mean"], r["sd"])
+        half = (r["high"] - r["low"]) / 2
+        md.append(f"| {r['a']} − {r['b']} | {_SHORT_KIND[r['kind']]} | {_METRIC_WORDS[r['metric']]} | "
+                  f"{_pct(r['mean']):+.2f} | {_pct(r['sd']):.2f} | {_pct(half):.2f} | "
+                  f"{'more than 1000' if need is None else f'≈ {need}'} |")
+    return md + [""]
+
+
+def numerics_note(df: pd.DataFrame) -> list[str]:
+    """Which numerics made the evaluations' numbers: bytes-portable or tied to a machine."""
+    kinds = sorted(set(df["numerics"]))
+    if all(k.startswith("portable") for k in kinds):
+        return [f"Numerics: {kinds[0]} per stage, so every number here comes out the same, byte for byte, on any "
+                "x86-64 CPU with AVX2 (`numerics: portable`); a GPU, or `numerics: native`, gives numbers of its own.",
+                ""]
+    return [f"Numerics: {'; '.join(kinds)}. These numbers belong to that hardware: another CPU or GPU gives "
+            "different digits (`numerics: portable` makes a CPU run the same on any x86-64 CPU).", ""]
 
 
 def _legend_outside(fig, ax, ncol: int) -> None:
@@ -426,11 +468,13 @@ def write_report(metrics_root: Path, history_root: Path, splits_summary: Path, p
         f"({summary['val_total']} images), reported on the official test set. Accuracy is the mean of per-class "
         "accuracies (%); groups are the long-tail Major/Moderate/Minor classes; mean ± sample std over splits.",
         "",
+        *numerics_note(df),
         *uncertainty_note(n_splits),
     ]
     for kind, title in KINDS.items():
         md += [f"## {title}", "", markdown_table(agg, kind), ""]
     md += verdict_sections(paired)
+    md += undecided_section(paired, n_splits)
     md += bcl_weight_section(load_bcl_weights(history_root), figures / "bcl_w_by_group.png")
     md += reference_section(params.data.dataset)
     md += ["## Figures", "", "![group accuracy](figures/group_accuracy.png)", ""]

@@ -37,6 +37,7 @@ class PairedDifference:
     mean: float
     low: float | None
     high: float | None
+    sd: float | None = None  # sample std of the per-split differences (None with one split)
 
     def verdict(self, direction: int) -> str:
         """``direction`` +1: the claim is a − b > 0; −1: a − b < 0."""
@@ -60,4 +61,16 @@ def paired_difference(a: dict[int, float], b: dict[int, float], confidence: floa
     if len(d) < 2:
         return PairedDifference(1, mean, None, None)
     half = t_quantile(0.5 + confidence / 2, len(d) - 1) * float(d.std(ddof=1)) / math.sqrt(len(d))
-    return PairedDifference(len(d), mean, mean - half, mean + half)
+    return PairedDifference(len(d), mean, mean - half, mean + half, float(d.std(ddof=1)))
+
+
+def splits_to_decide(mean: float, sd: float, confidence: float = CONFIDENCE, most: int = 1000) -> int | None:
+    """The fewest splits whose interval would exclude 0 if the mean difference and its
+    split-to-split std stayed as measured: min n with t(n − 1) · sd / √n < |mean|; None
+    when even ``most`` splits would not do (a mean difference of about 0)."""
+    if sd == 0:
+        return 2 if mean != 0 else None
+    for n in range(2, most + 1):
+        if t_quantile(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n) < abs(mean):
+            return n
+    return None

@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from sdclr import checkpoint, distributed
+from sdclr import checkpoint, distributed, numerics
 from sdclr.config import Params
 from sdclr.data.augment import BatchAugment
 from sdclr.data.device_data import epoch_batches, to_device_uint8
@@ -378,7 +378,7 @@ def pretrain(
         if stop_after_epoch is not None and stop_after_epoch <= epoch + 1 < t.epochs:
             break
     if last == t.epochs and t.ctx.is_main:
-        save_encoder(out_path, t.method, spec, params, t.fingerprint)
+        save_encoder(out_path, t.method, spec, params, t.fingerprint, numerics.describe(params.numerics, t.data.device))
         if history_path is not None:
             write_history_csv(history_path, t.history)
         if per_image_path is not None:
@@ -407,11 +407,14 @@ def write_per_image_csv(path: Path, indices: np.ndarray, columns: dict) -> None:
     write_bytes(path, ("\n".join(lines) + "\n").encode())
 
 
-def save_encoder(path: Path, method: Method, spec: ModelSpec, params: Params, fingerprint: str) -> None:
-    """The trained network (masks included) and what is needed to rebuild it.
+def save_encoder(path: Path, method: Method, spec: ModelSpec, params: Params, fingerprint: str,
+                 made_by: str) -> None:
+    """The trained network (masks included), what is needed to rebuild it, and the numerics
+    that made it (``made_by``, :func:`sdclr.numerics.describe`).
 
     No run id or time: the file is a DVC output whose hash must only change with the weights
-    (MLflow finds the pretraining run from this file's md5, the run's ``model_md5`` tag).
+    (MLflow finds the pretraining run from this file's md5, the run's ``model_md5`` tag); in
+    portable numerics ``made_by`` is the same on every CPU.
     """
     cls = type(method)
     net_state = {k: v.detach().cpu().contiguous() for k, v in method.net.state_dict().items()}
@@ -422,6 +425,7 @@ def save_encoder(path: Path, method: Method, spec: ModelSpec, params: Params, fi
         "spec": asdict(spec),
         "model": asdict(params.model),
         "head": asdict(cls.head_spec(params)),
+        "numerics": made_by,
     })
 
 

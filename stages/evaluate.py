@@ -49,7 +49,10 @@ def main(params, args):
     else:
         if args.model is None:
             raise ConfigError(f"evaluate --method {args.method} needs --model (the encoder file to evaluate).")
-        net, _ = load_encoder(args.model, stage=f"pretrain-{args.method}@{args.split}")
+        net, state = load_encoder(args.model, stage=f"pretrain-{args.method}@{args.split}")
+        made_by = state.get("numerics", "not recorded")
+        if made_by != machine["numerics"]:  # e.g. pretrained on a GPU, probed on the CPU
+            machine["numerics"] = f"pretrained: {made_by}; evaluated: {machine['numerics']}"
         tags["model_md5"] = md5_file(args.model)
         parent = tracking.latest_run_id(experiment, {"stage": "pretrain", "model_md5": tags["model_md5"]})
         tags["pretrain_run_id"] = parent

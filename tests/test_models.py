@@ -155,3 +155,31 @@ def test_bf16_autocast_runs():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(torch.rand(4, 3, 16, 16), 1)
     assert out.shape == (4, 8) and torch.isfinite(out.float()).all()
+
+
+def test_the_folded_network_computes_the_same_features_and_leaves_the_original_alone():
+    torch.manual_seed(0)
+    net = ResNet18(3, WIDTH, [0.4, 0.5, 0.6], [0.2, 0.25, 0.3])
+    net.train()
+    with torch.no_grad():  # non-trivial running statistics and affine maps in every dense BN
+        for _ in range(3):
+            net(torch.rand(16, 3, 16, 16))
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    net.eval()
+    before = copy.deepcopy(net.state_dict())
+    x = torch.rand(8, 3, 16, 16)
+    folded = net.folded()
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), net(x), rtol=1e-4, atol=1e-5)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    with pytest.raises(ValueError, match="dense branch only"):
+        folded(x, 1)
+    # the control: a wrong running mean in one BN shows in the features
+    folded_wrong = copy.deepcopy(net)
+    folded_wrong.layer2[0].bn1.bns[0].running_mean += 0.5
+    with torch.no_grad():
+        assert not torch.allclose(folded_wrong.folded()(x), net(x), rtol=1e-4, atol=1e-5)

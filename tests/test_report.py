@@ -189,3 +189,64 @@ def test_deviations_come_from_the_recipe_preset(tmp_path, root):
         "Linear probe on standardised features extracted once without augmentation (SGD, lr 0.1) instead of the "
         "authors' probe (lr 30, random crop + flip through the frozen backbone).",
     ]
+
+
+def test_splits_to_decide_follows_the_student_t_half_width():
+    from sdclr.stats import splits_to_decide, t_quantile
+
+    n = splits_to_decide(0.01, 0.02)  # a mean difference of half the split-to-split std
+    assert t_quantile(0.975, n - 1) * 0.02 / math.sqrt(n) < 0.01 <= t_quantile(0.975, n - 2) * 0.02 / math.sqrt(n - 1)
+    assert splits_to_decide(0.0, 0.02) is None
+    assert splits_to_decide(-0.05, 0.001) == 2  # a large difference with little spread: the smallest n
+
+
+def test_the_report_names_the_open_claims_with_their_spread_and_the_numerics(tmp_path, raw_params):
+    # sdclr − simclr: +0.5, +(-1.5), +2.5 points: mean +0.5, open; simclr − random: decided
+    table = {"random": [0.60, 0.61, 0.59], "simclr": [0.80, 0.81, 0.79], "sdclr": [0.805, 0.795, 0.815]}
+    md = _report(tmp_path, raw_params, "fashion_mnist", table)
+    section = md.split("## What this run cannot decide")[1].split("\n## ")[0]
+    assert "stay *inconclusive* on 3 splits" in section
+    row = next(line for line in section.splitlines() if line.startswith("| sdclr − simclr | full-shot | accuracy"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3] == "+0.50" and cells[4] == "2.00"  # mean and sample std of the differences, in points
+    assert cells[5] == f"{4.302652729911275 * 2 / math.sqrt(3):.2f}" and cells[6].startswith("≈ ")
+    assert "simclr − random" not in section  # decided, and not a published claim
+    assert "Numerics: not recorded" in md  # hand-made metrics carry no numerics
+    # metrics files written in portable numerics: the report says the bytes are the same on any AVX2 CPU
+    for path in (tmp_path / "metrics").rglob("*.json"):
+        path.write_text(json.dumps({**json.loads(path.read_text()), "numerics": "portable (AVX2 kernels, 1 thread)"}))
+    write_report(tmp_path / "metrics", tmp_path / "none", tmp_path / "splits/summary.json",
+                 parse_params(raw_params), tmp_path / "out", [])
+    assert "byte for byte, on any x86-64 CPU with AVX2" in (tmp_path / "out/report.md").read_text()
+
+
+def test_the_comparison_line_says_identical_or_by_how_much_and_which_verdicts_moved(tmp_path, raw_params):
+    import subprocess
+
+    from sdclr.compare import comparison_line
+
+    table = {"random": [0.60, 0.61, 0.59], "simclr": [0.80, 0.81, 0.79], "sdclr": [0.78, 0.79, 0.775]}
+    _report(tmp_path, raw_params, "fashion_mnist", table)
+    repo = tmp_path / "repo"
+    (repo / "reports").mkdir(parents=True)
+    for name in ("scores", "summary.json"):
+        src = tmp_path / "out" / name
+        subprocess.run(["cp", "-r", str(src), str(repo / "reports" / name)], check=True)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "report"], cwd=repo, check=True)
+    assert comparison_line(repo) == "compare: identical to the committed report (every score and verdict)."
+
+    table["sdclr"] = [0.80, 0.82, 0.81]  # now level with SimCLR (mean +2.83 points): the DISAGREES verdicts open
+    _report(tmp_path / "b", raw_params, "fashion_mnist", table)
+    for name in ("scores", "summary.json"):
+        subprocess.run(["rm", "-r", str(repo / "reports" / name)], check=True)
+        subprocess.run(["cp", "-r", str(tmp_path / "b/out" / name), str(repo / "reports" / name)], check=True)
+    (repo / "reports/cost.json").write_text(json.dumps({"pretrain/sdclr/split0": {
+        "device": "cpu: X (AVX2), 2 threads", "numerics": "native (X, AVX2 kernels, 2 threads)"}}))
+    line = comparison_line(repo)
+    assert line.startswith("compare: different from the committed report (made on cpu: X (AVX2), 2 threads, "
+                           "native (X, AVX2 kernels, 2 threads)) by up to 2.83 points (sdclr full_shot)")
+    assert "verdicts changed: sdclr − simclr full-shot accuracy: disagrees → inconclusive" in line
+    assert "\n" not in line

@@ -396,7 +396,6 @@ def apply_plan(images: torch.Tensor, op: torch.Tensor, value: torch.Tensor, cent
     return x.to(images.dtype)
 
 
-@torch.compiler.disable  # generator-driven RNG stays eager: same seed → same batch, compiled or not
 def rand_augment(images: torch.Tensor, n: int, prob: torch.Tensor, magnitude: torch.Tensor,
                  generator: torch.Generator, select: str = "auto") -> torch.Tensor:
     """BCL's ``RandAugment_prob(n, m, p)`` per sample: float B×C×H×W in [0, 1] → same shape, dtype, range.
@@ -405,6 +404,10 @@ def rand_augment(images: torch.Tensor, n: int, prob: torch.Tensor, magnitude: to
     BCL's 0–30 scale. ``n`` ops per sample with replacement, each applied with ``prob[i]``.
     ``images`` is never modified; where no op applies (n = 0, or every draw skipped under
     ``"gather"``) the result may be ``images`` itself.
+
+    Always eager (the loop compiles only the network and the SimCLR transform): its
+    generator-driven draws give the same batch for the same seed, compiled or not. (No
+    ``torch.compiler.disable`` decorator: it would import Dynamo, ~1 s, into every stage.)
     """
     if not images.is_floating_point() or images.dim() != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"expected float B×C×H×W with C in (1, 3), got {images.dtype} {tuple(images.shape)}")
