@@ -278,14 +278,18 @@ def undecided_section(rows: list[dict], n_splits: int) -> list[str]:
           "estimated from these few splits).", ""]
     if not open_:
         return md[:2] + [f"Every published claim checked here is decided on {n_splits} splits.", ""]
-    md += ["| claim | probe | metric | mean difference | split-to-split std | 95 % half-width | splits needed |",
-           "|" + "---|" * 7]
+    means, sds = [abs(_pct(r["mean"])) for r in open_], [_pct(r["sd"]) for r in open_]
+    md[2] += (f" Here the open mean differences are {min(means):.2f}–{max(means):.2f} points, against a "
+              f"split-to-split std of {min(sds):.2f}–{max(sds):.2f} points.")
+    md += ["| claim | probe | metric | mean difference | split-to-split std | 95 % half-width | splits to exclude 0 "
+           "| verdict it would reach |", "|" + "---|" * 8]
     for r in open_:
         need = splits_to_decide(r["mean"], r["sd"])
         half = (r["high"] - r["low"]) / 2
+        then = "—" if need is None else ("agrees" if r["mean"] * r["direction"] > 0 else "disagrees")
         md.append(f"| {r['a']} − {r['b']} | {_SHORT_KIND[r['kind']]} | {_METRIC_WORDS[r['metric']]} | "
                   f"{_pct(r['mean']):+.2f} | {_pct(r['sd']):.2f} | {_pct(half):.2f} | "
-                  f"{'more than 1000' if need is None else f'≈ {need}'} |")
+                  f"{'more than 1000' if need is None else f'≈ {need}'} | {then} |")
     return md + [""]
 
 

@@ -210,6 +210,8 @@ def test_the_report_names_the_open_claims_with_their_spread_and_the_numerics(tmp
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[3] == "+0.50" and cells[4] == "2.00"  # mean and sample std of the differences, in points
     assert cells[5] == f"{4.302652729911275 * 2 / math.sqrt(3):.2f}" and cells[6].startswith("≈ ")
+    assert cells[7] == "agrees"  # the mean lies on the claimed side: more splits would confirm it
+    assert "open mean differences are 0.00–" in section and "split-to-split std of 0.00–2.00 points" in section
     assert "simclr − random" not in section  # decided, and not a published claim
     assert "Numerics: not recorded" in md  # hand-made metrics carry no numerics
     # metrics files written in portable numerics: the report says the bytes are the same on any AVX2 CPU
