@@ -122,6 +122,7 @@ def measure(args) -> dict:
         "method": args.method, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if on_cuda else f"cpu: {cpu_model()}",
         "cpu_kernels": torch.backends.cpu.get_cpu_capability(), "concurrent": int(os.environ.get("BENCH_CONCURRENT", 1)),
+        "allocator": os.environ.get("BENCH_ALLOCATOR", "system"),
         "width": args.width, "batch": args.batch, "size": args.size, "channels": args.channels,
         "head": asdict(cls.head_spec(params)), "overrides": args.set or [], "amp": args.amp,
         "channels_last": t.method.channels_last, "compile": args.compile,

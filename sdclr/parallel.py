@@ -34,6 +34,7 @@ A cluster runs the same unit (docs/design.md, "Clusters").
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -74,30 +75,33 @@ def plan(root: Path, targets: list[str] | None = None) -> Plan:
     ``dvc status`` only sees a stage's own changes (an upstream stage that will re-run has
     not changed its outputs yet), so every stage downstream of a changed one runs too.
     """
-    import networkx as nx
-    from dvc.repo import Repo
-
+    from dvc.exceptions import DvcException
     from dvc.lock import LockError
 
     here = os.getcwd()
     os.chdir(root)  # stage addressing ("name", "name@item") is relative to the working directory
     try:
-        attempt = 1
-        while True:
+        for attempt in range(1, LOCK_RETRIES + 1):
             try:
-                return _plan(Repo, nx, targets)
-            except LockError as e:  # another dvc process is reading or writing a path `dvc status` reads
+                return _plan(targets)
+            except LockError as e:  # another dvc process is writing a path `dvc status` reads
                 if attempt == LOCK_RETRIES:
-                    first = str(e).splitlines()[0]
-                    raise SdclrError(f"another DVC process holds a lock this run needs ({first}); wait for it to "
-                                     f"finish, or remove {root}/.dvc/tmp/rwlock if no dvc process runs.") from None
+                    raise SdclrError(f"another DVC process holds a lock this run needs ({str(e).splitlines()[0]}); "
+                                     f"wait for it to finish, or remove {root}/.dvc/tmp/rwlock if no dvc process "
+                                     "runs.") from None
                 time.sleep(attempt)
-                attempt += 1
+            except DvcException as e:  # a broken dvc.yaml or params.yaml: DVC's own first line says what
+                raise SdclrError(f"DVC cannot read the pipeline in {root} ({str(e).splitlines()[0]}); fix it and "
+                                 "run again (`dvc status` shows the same message).") from None
     finally:
         os.chdir(here)
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
-def _plan(Repo, nx, targets: list[str] | None) -> Plan:
+def _plan(targets: list[str] | None) -> Plan:
+    import networkx as nx
+    from dvc.repo import Repo
+
     with Repo(".") as repo:
         graph = repo.index.graph  # edge (a, b): stage a depends on stage b
         by_name = {stage.addressing: stage for stage in graph.nodes}
@@ -110,7 +114,7 @@ def _plan(Repo, nx, targets: list[str] | None) -> Plan:
                 {s.addressing for s in nx.descendants(graph, by_name[t])} for t in targets))
         changed = {name for name in repo.status(targets=sorted(wanted)) if name in wanted}
     run = set(changed)
-    for name in changed:
+    for name in changed:  # networkx's ancestors of a stage: the stages that depend on it
         run |= {s.addressing for s in nx.ancestors(graph, by_name[name])} & wanted
     order = [s.addressing for s in reversed(list(nx.topological_sort(graph))) if s.addressing in run]
     upstream = {name: {s.addressing for s in graph.successors(by_name[name])} & run for name in order}
@@ -121,8 +125,6 @@ def _plan(Repo, nx, targets: list[str] | None) -> Plan:
 def expected_seconds(root: Path) -> dict[str, float]:
     """Each stage's time on its last run here (reports/cost.json), by stage name; a split not
     timed yet gets the method's mean over the splits that were."""
-    import json
-
     try:
         cost = json.loads((root / "reports" / "cost.json").read_text())
     except (OSError, ValueError):

@@ -188,3 +188,11 @@ def test_concurrent_single_item_repros_lose_no_lock_entry(tmp_path):
     lock = yaml.safe_load((proj / "dvc.lock").read_text())
     assert set(lock["stages"]) == set(stages)
     assert _status(proj) == {}
+
+
+def test_a_broken_pipeline_file_is_one_sentence(tmp_path):
+    proj = synthetic_project(tmp_path / "p", {"a": writer("a.txt", "a")})
+    (proj / "dvc.yaml").write_text("stages:\n  a:\n    cmd: [unclosed\n")
+    with pytest.raises(SdclrError, match=r"^DVC cannot read the pipeline in .*; fix it and run again") as e:
+        plan(proj)
+    assert "\n" not in str(e.value)
