@@ -148,10 +148,12 @@ def priority(the_plan: Plan, seconds: dict[str, float]):
     return key
 
 
-def visible_gpus() -> list[str]:
-    """The GPUs a stage could use: ``CUDA_VISIBLE_DEVICES`` when set, else what nvidia-smi lists."""
-    if "CUDA_VISIBLE_DEVICES" in os.environ:
-        return [g for g in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if g.strip() not in ("", "-1")]
+def visible_gpus(env=None) -> list[str]:
+    """The GPUs a stage could use: ``CUDA_VISIBLE_DEVICES`` when set (in ``env``, default this
+    process's environment), else what nvidia-smi lists."""
+    env = os.environ if env is None else env
+    if "CUDA_VISIBLE_DEVICES" in env:
+        return [g.strip() for g in env["CUDA_VISIBLE_DEVICES"].split(",") if g.strip() not in ("", "-1")]
     if not shutil.which("nvidia-smi"):
         return []
     try:
@@ -238,11 +240,11 @@ def run(root: Path, jobs: int, targets: list[str] | None = None, per_gpu: int = 
     root = root.resolve()
     the_plan = plan(root, targets)
     total = len(the_plan.order)
-    gpus = visible_gpus()
+    env = dict(os.environ if env is None else env)
+    gpus = visible_gpus(env)
     slots = {g: per_gpu for g in gpus}
     log(f"parallel: {total} stage(s) to run, at most {jobs} at once"
         + (f", {per_gpu} per GPU on {len(gpus)} GPU(s)" if gpus else "") + (": nothing to do." if not total else "."))
-    env = dict(os.environ if env is None else env)
     env.update(allocator_env(env))
     if _numerics(root) == "native":
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // jobs))

@@ -231,3 +231,12 @@ def test_a_bcl_param_changes_only_bcls_stages_and_followups_are_off_by_default(t
     assert _changed_stages(proj) == {"pretrain-bcl_i@0", "pretrain-bcl_d@0", "report"}
     update_params(proj, {"bcl": {"beta": 0.97}, "prune_ratio": 0.5})  # SDCLR's and BCL-D's
     assert _changed_stages(proj) == {"pretrain-sdclr@0", "pretrain-bcl_d@0", "report"}
+
+
+def test_per_split_stages_depend_on_their_own_split_file_not_the_splits_folder():
+    """Adding a split changes the folder's summary and figure: a stage on the folder would re-run."""
+    for name, (_, deps) in stage_scripts(_dvc_yaml()).items():
+        if name.startswith(("pretrain-", "evaluate-")):
+            assert "data/splits/${data.dataset}" not in deps, name
+            assert {"data/splits/${data.dataset}/split${item}.npz",
+                    "data/splits/${data.dataset}/pool_val.npz"} <= set(deps), name

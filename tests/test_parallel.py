@@ -196,3 +196,17 @@ def test_a_broken_pipeline_file_is_one_sentence(tmp_path):
     with pytest.raises(SdclrError, match=r"^DVC cannot read the pipeline in .*; fix it and run again") as e:
         plan(proj)
     assert "\n" not in str(e.value)
+
+
+def test_each_stage_gets_its_own_gpu_and_at_most_per_gpu_stages_share_one(tmp_path):
+    """With visible GPUs (here two, named by CUDA_VISIBLE_DEVICES), every stage process sees one."""
+    code = ("import os, time, pathlib; gpu = os.environ['CUDA_VISIBLE_DEVICES']; "
+            "lock = pathlib.Path('busy-' + gpu); assert not lock.exists(), 'two stages on GPU ' + gpu; "
+            "lock.write_text('x'); time.sleep(1.0); lock.unlink(); pathlib.Path('{out}').write_text(gpu)")
+    stages = {f"s{i}": {"cmd": _py(code.format(out=f"s{i}.txt")), "outs": [f"s{i}.txt"]} for i in range(4)}
+    proj = synthetic_project(tmp_path / "p", stages)
+    lines = []
+    run(proj, jobs=4, per_gpu=1, log=lines.append, env={**_env(), "CUDA_VISIBLE_DEVICES": "3,5"})
+    gpus = [(proj / f"s{i}.txt").read_text() for i in range(4)]
+    assert sorted(gpus) == ["3", "3", "5", "5"]  # each GPU took two stages, never two at once
+    assert "on 2 GPU(s)" in lines[0] and sum(" on GPU " in line for line in lines) == 4
