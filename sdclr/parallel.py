@@ -214,28 +214,46 @@ def _progress(r: Running) -> str:
     return f"{r.name} ({where}{time.monotonic() - r.started:.0f} s)"
 
 
-def _stop(running: dict[str, Running], grace_s: float = 120.0) -> None:
-    """SIGINT every running stage (a pretraining keeps its checkpoint), then wait; SIGKILL after ``grace_s``."""
-    for r in running.values():
+def _stop(running: dict[str, Running], grace_s: float = 60.0) -> None:
+    """SIGINT every running stage (a pretraining saves nothing more but keeps its last
+    checkpoint), then SIGTERM after ``grace_s``, then SIGKILL: a stage whose SIGINT is
+    ignored (a background job's children inherit that) must still stop."""
+    for sig, wait_s in ((signal.SIGINT, grace_s), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+        alive = [r for r in running.values() if r.proc.poll() is None]
+        for r in alive:
+            try:
+                os.killpg(r.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait_s
+        for r in alive:
+            try:
+                r.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+
+
+def _interruptible() -> object:
+    """Let the stages get SIGINT: a process started in the background by a shell ignores it,
+    and its children inherit that; a handler (unlike SIG_IGN) is reset to the default on exec.
+    Returns the disposition to restore."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN:
         try:
-            os.killpg(r.proc.pid, signal.SIGINT)
-        except ProcessLookupError:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        except ValueError:  # not the main thread: leave it
             pass
-    deadline = time.monotonic() + grace_s
-    for r in running.values():
-        try:
-            r.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            os.killpg(r.proc.pid, signal.SIGKILL)
-            r.proc.wait()
+    return previous
 
 
 def run(root: Path, jobs: int, targets: list[str] | None = None, per_gpu: int = 1, log=print,
-        env: dict[str, str] | None = None, dvc: tuple[str, ...] = (sys.executable, "-m", "dvc")) -> None:
+        env: dict[str, str] | None = None, stop_grace_s: float = 60.0,
+        dvc: tuple[str, ...] = (sys.executable, "-m", "dvc")) -> None:
     """Bring ``targets`` (default: every stage) up to date with at most ``jobs`` stages at once.
 
     ``env``: the stages' environment (default: this process's). Raises :class:`SdclrError`
-    with one sentence when a stage fails (after stopping the others).
+    with one sentence when a stage fails, after stopping the others (SIGINT, then SIGTERM
+    after ``stop_grace_s``).
     """
     root = root.resolve()
     the_plan = plan(root, targets)
@@ -254,6 +272,7 @@ def run(root: Path, jobs: int, targets: list[str] | None = None, per_gpu: int = 
     first = priority(the_plan, expected_seconds(root))
     attempts: dict[str, int] = {}
     t_start = last_line = time.monotonic()
+    previous_sigint = _interruptible()
 
     def start(name: str) -> None:
         gpu = next((g for g, free in slots.items() if free > 0), None)
@@ -304,13 +323,16 @@ def run(root: Path, jobs: int, targets: list[str] | None = None, per_gpu: int = 
                     time.sleep(0.5 * r.attempt)
                     pending.insert(0, name)
                     continue
-                _stop(running)
+                _stop(running, stop_grace_s)
                 raise SdclrError(f"stage {name} failed after {seconds:.0f} s ({_error_line(r.log)}); the stages "
                                  f"running beside it were stopped and every finished stage is kept: fix the cause "
                                  f"and run the same command again (its log: {r.log.relative_to(root)}).")
     except KeyboardInterrupt:
-        _stop(running)
+        _stop(running, stop_grace_s)
         raise
+    finally:
+        if previous_sigint is signal.SIG_IGN and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     if total:
         log(f"parallel: {total} stage(s) in {time.monotonic() - t_start:.0f} s with {jobs} at once.")
     final = subprocess.run([*dvc, "--wait-for-lock", "repro", *(targets or [])], cwd=root, env=env,

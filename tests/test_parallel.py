@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -125,26 +126,42 @@ def test_only_what_changed_and_its_downstream_run_again(tmp_path):
 
 def test_a_failing_stage_stops_the_others_in_one_sentence_and_the_next_run_resumes(tmp_path):
     stages = {"slow": writer("slow.txt", "slow", sleep=60),
+              "ok": writer("ok.txt", "ok"),
               "fails": {"cmd": _py("import sys, time; time.sleep(2); "
                                    "print('error: the test stage fails on purpose.', file=sys.stderr); sys.exit(2)"),
-                        "outs": ["fails.txt"]},
-              "ok": writer("ok.txt", "ok")}
+                        "deps": ["ok.txt"], "outs": ["fails.txt"]}}  # after `ok`: that one has surely finished
     proj = synthetic_project(tmp_path / "p", stages)
     t0 = time.monotonic()
-    with pytest.raises(SdclrError) as failure:
-        run(proj, jobs=3, log=lambda _: None)
+    # as in a background job (CI): SIGINT ignored by this process, which its children would inherit
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with pytest.raises(SdclrError) as failure:
+            run(proj, jobs=3, log=lambda _: None)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert time.monotonic() - t0 < 45, "the 60-second stage was not stopped"
     message = str(failure.value)
     assert "\n" not in message and message.startswith("stage fails failed")
     assert "the test stage fails on purpose." in message and ".dvc/tmp/parallel/fails.log" in message
     # the finished stage is kept; after the fix, only the other two run
     spec = yaml.safe_load((proj / "dvc.yaml").read_text())
-    spec["stages"]["fails"] = writer("fails.txt", "fixed")
+    spec["stages"]["fails"] = writer("fails.txt", "fixed", ("ok.txt",))
     spec["stages"]["slow"] = writer("slow.txt", "slow")
     (proj / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     assert set(plan(proj).order) == {"slow", "fails"}
     run(proj, jobs=3, log=lambda _: None)
-    assert (proj / "fails.txt").read_text() == "fixed" and _status(proj) == {}
+    assert (proj / "fails.txt").read_text() == "fixedok" and _status(proj) == {}
+
+
+def test_a_stage_that_ignores_sigint_is_terminated(tmp_path):
+    stages = {"deaf": {"cmd": _py("import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(60)"),
+                       "outs": ["deaf.txt"]},
+              "fails": {"cmd": _py("import sys, time; time.sleep(3); sys.exit(2)"), "outs": ["fails.txt"]}}
+    proj = synthetic_project(tmp_path / "p", stages)
+    t0 = time.monotonic()
+    with pytest.raises(SdclrError, match="stage fails failed"):
+        run(proj, jobs=2, log=lambda _: None, stop_grace_s=2)
+    assert time.monotonic() - t0 < 40, "the stage that ignores SIGINT was not terminated"
 
 
 def test_a_lost_lock_race_is_retried_not_failed(tmp_path):
