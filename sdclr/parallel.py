@@ -20,7 +20,7 @@ A cluster runs the same unit (docs/design.md, "Clusters").
   ``libtcmalloc-minimal4``, which ``scripts/setup.sh`` installs), else with glibc's malloc
   told to keep freed memory: torch's CPU kernels allocate and free every activation each
   step, and handing that memory back to the OS costs page faults. Measured: pretraining
-  +16 % (tcmalloc) and +6–12 % (glibc tunables) on one thread; the bytes are the same
+  +6–16 % (tcmalloc) and +3–12 % (glibc tunables) on one thread; the bytes are the same
   (torch aligns every tensor itself). ``SDCLR_ALLOCATOR=system`` turns it off.
 - **GPUs.** With visible GPUs each stage gets one (``CUDA_VISIBLE_DEVICES``), at most
   ``--per-gpu`` stages per GPU.
