@@ -81,7 +81,9 @@ def plan(root: Path, targets: list[str] | None = None) -> Plan:
     here = os.getcwd()
     os.chdir(root)  # stage addressing ("name", "name@item") is relative to the working directory
     try:
-        for attempt in range(1, LOCK_RETRIES + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 return _plan(targets)
             except LockError as e:  # another dvc process is writing a path `dvc status` reads
@@ -95,7 +97,6 @@ def plan(root: Path, targets: list[str] | None = None) -> Plan:
                                  "run again (`dvc status` shows the same message).") from None
     finally:
         os.chdir(here)
-    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _plan(targets: list[str] | None) -> Plan:
@@ -197,9 +198,9 @@ class Running:
     attempt: int
 
 
-def _error_line(log: Path) -> str:
-    """The stage's own one-sentence error (``error: ...``), else DVC's last error line."""
-    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+def _error_line(text: str) -> str:
+    """The stage's own one-sentence error (``error: ...``), else DVC's first error line, else the last line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     for prefix in ("error: ", "ERROR: "):
         found = [line for line in lines if line.startswith(prefix)]
         if found:
@@ -324,7 +325,7 @@ def run(root: Path, jobs: int, targets: list[str] | None = None, per_gpu: int = 
                     pending.insert(0, name)
                     continue
                 _stop(running, stop_grace_s)
-                raise SdclrError(f"stage {name} failed after {seconds:.0f} s ({_error_line(r.log)}); the stages "
+                raise SdclrError(f"stage {name} failed after {seconds:.0f} s ({_error_line(text)}); the stages "
                                  f"running beside it were stopped and every finished stage is kept: fix the cause "
                                  f"and run the same command again (its log: {r.log.relative_to(root)}).")
     except KeyboardInterrupt:
@@ -339,15 +340,9 @@ def run(root: Path, jobs: int, targets: list[str] | None = None, per_gpu: int = 
                            capture_output=True, text=True, stdin=subprocess.DEVNULL)
     ran = re.findall(r"Running stage '([^']+)'", final.stdout)
     if final.returncode != 0:
-        raise SdclrError(f"the closing `dvc repro` failed ({_last_error(final.stdout + final.stderr)}).")
+        raise SdclrError(f"the closing `dvc repro` failed ({_error_line(final.stdout + final.stderr)}).")
     log("dvc repro: nothing left to do, every stage is up to date." if not ran else
         f"dvc repro: also ran {', '.join(ran)}, which the parallel pass had left out.")
-
-
-def _last_error(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith(("ERROR", "error:"))]
-    return (errors or lines or ["no output"])[-1]
 
 
 def _numerics(root: Path) -> str:
