@@ -1,5 +1,10 @@
 """Frozen-encoder evaluation: features once, linear probes (full- and few-shot), kNN.
 
+Everything runs where the encoder is (features, probes and kNN stay on ``device``, in
+fp32), through one code path for the CPU and a GPU. Every random draw (head init,
+shuffles, the authors' crops) comes from a CPU generator and is moved to the device, so
+a GPU sees the same draws as the CPU and differs from it only by floating point.
+
 Protocol (docs/recipes.md): dense branch, dense BN, eval mode. Probes are trained on the
 balanced train pool (full-shot) and on the 1 %-per-class subset S_b (few-shot); the
 epoch is chosen on the validation hold-out and the test set of the official split is
@@ -11,6 +16,7 @@ authors' probe (:func:`authors_probe`), for the paper presets.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -28,7 +34,7 @@ STAGE_PARAMS = ("seed", "device", "numerics", "data.dataset", "evaluate")
 
 @torch.no_grad()
 def extract_features(net, images_nhwc: np.ndarray, device: torch.device, batch_size: int) -> torch.Tensor:
-    """Backbone features (dense branch, eval mode) of uint8 N×H×W×C images, as float32 on CPU.
+    """Backbone features (dense branch, eval mode) of uint8 N×H×W×C images, as float32 on ``device``.
 
     Through a copy of the backbone with its BatchNorms folded into the convs (the same
     function; :meth:`sdclr.models.resnet.ResNet18.folded`), channels_last throughout:
@@ -39,7 +45,7 @@ def extract_features(net, images_nhwc: np.ndarray, device: torch.device, batch_s
     out = []
     for start in range(0, len(images_nhwc), batch_size):
         x = to_device_uint8(images_nhwc[start : start + batch_size], device).float().div_(255)
-        out.append(backbone(x.contiguous(memory_format=torch.channels_last)).float().cpu())
+        out.append(backbone(x.contiguous(memory_format=torch.channels_last)).float())
     return torch.cat(out)
 
 
@@ -52,17 +58,17 @@ class ProbeResult:
 
 
 def _balanced_accuracy(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> float:
-    pc = per_class_accuracy(logits.argmax(1).numpy(), y.numpy(), num_classes)
+    pc = per_class_accuracy(logits.argmax(1).cpu().numpy(), y.cpu().numpy(), num_classes)
     return float(np.nanmean(pc))
 
 
-def _linear_head(dim: int, num_classes: int, generator: torch.Generator, device=None) -> torch.nn.Linear:
-    """The probe's linear layer: N(0, 0.01) weights, zero bias, drawn from ``generator``."""
-    head = torch.nn.Linear(dim, num_classes).to(device)
+def _linear_head(dim: int, num_classes: int, generator: torch.Generator, device) -> torch.nn.Linear:
+    """The probe's linear layer: N(0, 0.01) weights, zero bias, drawn from the CPU ``generator``."""
+    head = torch.nn.Linear(dim, num_classes)
     with torch.no_grad():
         head.weight.normal_(0, 0.01, generator=generator)
         head.bias.zero_()
-    return head
+    return head.to(device)
 
 
 def _probe_step(head: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -85,7 +91,7 @@ class _BestOnValidation:
 
     @torch.no_grad()
     def after_epoch(self, head: torch.nn.Module, epoch: int) -> None:
-        acc = _balanced_accuracy(head(self.val_x).cpu(), self.val_y, self.num_classes)
+        acc = _balanced_accuracy(head(self.val_x), self.val_y, self.num_classes)
         self.curve.append(acc)
         if acc > self.best[0]:
             self.best = (acc, epoch, head(self.test_x).argmax(1).cpu().numpy())
@@ -100,7 +106,7 @@ def linear_probe(
     test_x: torch.Tensor, num_classes: int, epochs: int, lr: float, weight_decay: float,
     batch_size: int, seed: int,
 ) -> ProbeResult:
-    """Softmax regression on standardised frozen features, SGD + cosine schedule.
+    """Softmax regression on standardised frozen features, SGD + cosine schedule, on the features' device.
 
     Model selection: the epoch with the best validation mean per-class accuracy; its
     test predictions are returned (test labels are never looked at here).
@@ -109,7 +115,7 @@ def linear_probe(
     norm = lambda x: (x - mu) / sigma  # noqa: E731
     tx, vx, sx = norm(train_x), norm(val_x), norm(test_x)
     g = torch.Generator().manual_seed(seed)
-    head = _linear_head(tx.shape[1], num_classes, g)
+    head = _linear_head(tx.shape[1], num_classes, g, tx.device)
     opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     n = len(tx)
     bs = min(batch_size, n)
@@ -117,7 +123,7 @@ def linear_probe(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     selection = _BestOnValidation(vx, val_y, sx, num_classes)
     for epoch in range(epochs):
-        perm = torch.randperm(n, generator=g)
+        perm = torch.randperm(n, generator=g).to(tx.device)
         for start in range(0, n, bs):
             idx = perm[start : start + bs]
             _probe_step(head, opt, tx[idx], train_y[idx])
@@ -130,12 +136,13 @@ def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> t
     """Per-sample RandomCrop(size, padding=pad, zero fill) + horizontal flip of a float NCHW batch.
 
     One gather for the whole batch (no per-image Python): the authors' probe augmentation.
+    The offsets are drawn from ``generator`` (the CPU's) and moved to ``x``'s device.
     """
     n, _, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
-    top = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=x.device)
-    left = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=x.device)
-    flip = torch.rand(n, generator=generator, device=x.device) < 0.5
+    top = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    left = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
     rows = top[:, None] + torch.arange(h, device=x.device)
     cols = left[:, None] + torch.arange(w, device=x.device)
     cols = torch.where(flip[:, None], cols.flip(1), cols)
@@ -156,7 +163,7 @@ def authors_probe(
     augmented, so their (deterministic) features are computed once by the caller.
     """
     net.eval().to(memory_format=torch.channels_last)
-    g = torch.Generator(device=device).manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
     head = _linear_head(val_x.shape[1], num_classes, g, device)
     opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=0.1)
@@ -165,7 +172,7 @@ def authors_probe(
     selection = _BestOnValidation(val_x.to(device), val_y, test_x.to(device), num_classes)
     n, bs = len(data), min(batch_size, len(data))
     for epoch in range(epochs):
-        for idx in torch.randperm(n, generator=g, device=device).split(bs):
+        for idx in torch.randperm(n, generator=g).to(device).split(bs):
             with torch.no_grad():
                 x = random_crop_flip(data[idx].float().div_(255), pad, g)
                 feats = net.features(x.contiguous(memory_format=torch.channels_last)).float()
@@ -178,53 +185,69 @@ def authors_probe(
 @torch.no_grad()
 def knn_predict(memory_x: torch.Tensor, memory_y: torch.Tensor, query_x: torch.Tensor, num_classes: int,
                 k: int, temperature: float, chunk: int = 1024) -> np.ndarray:
-    """Cosine kNN with exp(sim / T) vote weights (Wu et al. 2018), memory = balanced pool."""
+    """Cosine kNN with exp(sim / T) vote weights (Wu et al. 2018), memory = balanced pool.
+
+    The votes are summed through a one-hot product, not ``scatter_add_``, whose CUDA kernel
+    adds in a nondeterministic order (a near-tie could flip between two identical runs).
+    """
     mem = F.normalize(memory_x, dim=1)
     k = min(k, len(mem))
     preds = []
     for start in range(0, len(query_x), chunk):
         q = F.normalize(query_x[start : start + chunk], dim=1)
         sim, idx = (q @ mem.T).topk(k, dim=1)
-        votes = torch.zeros(len(q), num_classes)
-        votes.scatter_add_(1, memory_y[idx], (sim / temperature).exp())
+        votes = (F.one_hot(memory_y[idx], num_classes) * (sim / temperature).exp()[:, :, None]).sum(1)
         preds.append(votes.argmax(1))
-    return torch.cat(preds).numpy()
+    return torch.cat(preds).cpu().numpy()
+
+
+@contextlib.contextmanager
+def full_fp32():
+    """No TF32 inside (cuDNN convolutions default to it on Ampere and later): the probes' fp32 is fp32."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def evaluate_encoder(net, images_train, labels_train, images_test, labels_test, split: dict, groups: dict,
                      eval_params, seed: int, device: torch.device, log=print) -> dict:
-    """All probes of one encoder on one split → metrics dict (see module docstring)."""
-    num_classes = int(labels_train.max()) + 1
-    pool, val, fewshot = split["pool"], split["val"], split["fewshot"]
-    bs = eval_params.feature_batch_size
-    log("extracting features (pool, validation, test)...")
-    feats_pool = extract_features(net, images_train[pool], device, bs)
-    feats_val = extract_features(net, images_train[val], device, bs)
-    feats_test = extract_features(net, images_test, device, bs)
-    y_pool, y_val = torch.from_numpy(labels_train[pool]), torch.from_numpy(labels_train[val])
-    few_pos = np.searchsorted(pool, fewshot)  # S_b ⊂ pool: positions of its rows in the pool features
+    """All probes of one encoder on one split → metrics dict (see module docstring), in fp32."""
+    with full_fp32():  # the probes run where the encoder is; on a GPU, in true fp32
+        num_classes = int(labels_train.max()) + 1
+        pool, val, fewshot = split["pool"], split["val"], split["fewshot"]
+        bs = eval_params.feature_batch_size
+        log("extracting features (pool, validation, test)...")
+        feats_pool = extract_features(net, images_train[pool], device, bs)
+        feats_val = extract_features(net, images_train[val], device, bs)
+        feats_test = extract_features(net, images_test, device, bs)
+        y_pool = torch.from_numpy(labels_train[pool]).to(device)
+        y_val = torch.from_numpy(labels_train[val]).to(device)
+        few_pos = torch.from_numpy(np.searchsorted(pool, fewshot)).to(device)  # S_b ⊂ pool: its rows in the pool features
 
-    out = {"num_classes": num_classes, "groups": groups, "feature_dim": int(feats_pool.shape[1])}
-    p = eval_params.probe
-    settings = {  # name: (train-set indices into the train images, their positions in the pool, epochs, milestones)
-        "full_shot": (pool, slice(None), p.full_shot_epochs, p.full_shot_milestones),
-        "few_shot": (np.asarray(fewshot), few_pos, p.few_shot_epochs, p.few_shot_milestones),
-    }
-    for name, (rows, in_pool, epochs, milestones) in settings.items():
-        log(f"linear probe {name} ({p.protocol}): {len(rows)} training images, {epochs} epochs")
-        if p.protocol == "authors":
-            res = authors_probe(net, images_train[rows], labels_train[rows], feats_val, y_val, feats_test,
-                                num_classes, epochs, milestones, p.lr, p.weight_decay, p.batch_size, seed, device)
-        else:
-            res = linear_probe(feats_pool[in_pool], y_pool[in_pool], feats_val, y_val, feats_test, num_classes,
-                               epochs, p.lr, p.weight_decay, p.batch_size, seed)
-        pc = per_class_accuracy(res.test_pred, labels_test, num_classes)
-        out[name] = {**group_report(pc, groups), "best_epoch": res.best_epoch,
-                     "val_accuracy": res.val_accuracy, "train_size": len(rows), "val_curve": res.val_curve}
-    pred = knn_predict(feats_pool, y_pool, feats_test, num_classes, eval_params.knn_k, eval_params.knn_temperature)
-    out["knn"] = {**group_report(per_class_accuracy(pred, labels_test, num_classes), groups),
-                  "k": eval_params.knn_k}
-    return out
+        out = {"num_classes": num_classes, "groups": groups, "feature_dim": int(feats_pool.shape[1])}
+        p = eval_params.probe
+        settings = {  # name: (train-set indices into the train images, their positions in the pool, epochs, milestones)
+            "full_shot": (pool, slice(None), p.full_shot_epochs, p.full_shot_milestones),
+            "few_shot": (np.asarray(fewshot), few_pos, p.few_shot_epochs, p.few_shot_milestones),
+        }
+        for name, (rows, in_pool, epochs, milestones) in settings.items():
+            log(f"linear probe {name} ({p.protocol}): {len(rows)} training images, {epochs} epochs")
+            if p.protocol == "authors":
+                res = authors_probe(net, images_train[rows], labels_train[rows], feats_val, y_val, feats_test,
+                                    num_classes, epochs, milestones, p.lr, p.weight_decay, p.batch_size, seed, device)
+            else:
+                res = linear_probe(feats_pool[in_pool], y_pool[in_pool], feats_val, y_val, feats_test, num_classes,
+                                   epochs, p.lr, p.weight_decay, p.batch_size, seed)
+            pc = per_class_accuracy(res.test_pred, labels_test, num_classes)
+            out[name] = {**group_report(pc, groups), "best_epoch": res.best_epoch,
+                         "val_accuracy": res.val_accuracy, "train_size": len(rows), "val_curve": res.val_curve}
+        pred = knn_predict(feats_pool, y_pool, feats_test, num_classes, eval_params.knn_k, eval_params.knn_temperature)
+        out["knn"] = {**group_report(per_class_accuracy(pred, labels_test, num_classes), groups),
+                      "k": eval_params.knn_k}
+        return out
 
 
 def flat_metrics(metrics: dict) -> dict[str, float]:

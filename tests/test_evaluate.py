@@ -130,3 +130,49 @@ def test_knn_votes_are_weighted_by_exp_similarity_over_temperature():
     # T = 0.1: e^9.9 for class 0 outweighs 2·e^5 for class 1; at T = 1 (no temperature) 2·e^0.5 > e^0.99
     assert knn_predict(memory, labels, query, num_classes=2, k=3, temperature=0.1).tolist() == [0]
     assert knn_predict(memory, labels, query, num_classes=2, k=3, temperature=1.0).tolist() == [1]
+
+
+def test_knn_vote_sums_match_a_scatter_add_reference():
+    # The one-hot vote sum (deterministic on CUDA too) must pick the class a plain scatter-add picks.
+    g = torch.Generator().manual_seed(7)
+    memory, labels = torch.randn(300, 12, generator=g), torch.randint(0, 6, (300,), generator=g)
+    query = torch.randn(200, 12, generator=g)
+    mem, q = torch.nn.functional.normalize(memory, dim=1).double(), torch.nn.functional.normalize(query, dim=1).double()
+    sim, idx = (q @ mem.T).topk(25, dim=1)
+    votes = torch.zeros(200, 6, dtype=torch.float64).scatter_add_(1, labels[idx], (sim / 0.1).exp())
+    assert (knn_predict(memory, labels, query, 6, k=25, temperature=0.1, chunk=64) == votes.argmax(1).numpy()).all()
+
+
+def _tiny_evaluation(device: torch.device) -> dict:
+    """evaluate_encoder of a small random encoder on brightness-coded images, on ``device``."""
+    from types import SimpleNamespace
+
+    from sdclr.evaluate import evaluate_encoder
+    from sdclr.models import HeadSpec, build_model
+
+    torch.manual_seed(0)
+    net = build_model(8, 1, [0.5], [0.25], HeadSpec(2, 16, 8)).eval().to(device)
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 80)
+    images = (40 + 60 * y[:, None, None, None] + rng.integers(0, 60, (240, 12, 12, 1))).astype(np.uint8)
+    split = {"pool": np.arange(0, 240, 2), "val": np.arange(1, 240, 2), "fewshot": np.arange(0, 240, 8)}
+    probe = SimpleNamespace(protocol="features", lr=0.1, weight_decay=0.0, batch_size=32, full_shot_epochs=5,
+                            few_shot_epochs=8, full_shot_milestones=[], few_shot_milestones=[])
+    params = SimpleNamespace(feature_batch_size=64, knn_k=10, knn_temperature=0.1, probe=probe)
+    return evaluate_encoder(net, images, y, images, y, split, groups_of([0, 1, 2]), params, seed=0, device=device,
+                            log=lambda m: None)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on the GPU machine)")
+def test_the_gpu_path_agrees_with_the_cpu_path():
+    # One code path, the same random draws (CPU generators): the GPU differs only by floating point.
+    cpu, gpu = _tiny_evaluation(torch.device("cpu")), _tiny_evaluation(torch.device("cuda"))
+    for kind in ("full_shot", "few_shot", "knn"):
+        assert gpu[kind]["accuracy"] == pytest.approx(cpu[kind]["accuracy"], abs=0.02), kind
+    assert gpu["full_shot"]["val_curve"] == pytest.approx(cpu["full_shot"]["val_curve"], abs=0.02)
+
+
+def test_evaluation_on_the_cpu_is_repeatable_and_learns():
+    first, second = _tiny_evaluation(torch.device("cpu")), _tiny_evaluation(torch.device("cpu"))
+    assert first == second
+    assert first["full_shot"]["accuracy"] > 0.9 and first["few_shot"]["train_size"] == 30
