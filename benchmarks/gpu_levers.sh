@@ -1,5 +1,5 @@
 #!/bin/bash
-# One H100 call: every lever of issue 14 measured in one run. Results under $OUT.
+# One H100 call: every speed lever of the GPU default measured in one run. Results under $OUT.
 # Usage: OUT=results_dir bash benchmarks/gpu_levers.sh   (≈ 9.5 min on an H100; every step under `timeout`)
 # Dry run on a CPU: DEV=cpu SIZE="--width 8 --batch 32 --size 16" OUT=/tmp/o bash benchmarks/gpu_levers.sh
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD

@@ -15,7 +15,8 @@ import numpy as np
 import yaml
 
 from sdclr.config import parse_params
-from sdclr.train import ModelSpec, pretrain
+from sdclr.encoder_file import ModelSpec
+from sdclr.train import Job, Outputs, pretrain
 
 method, dev = sys.argv[1], os.environ.get("DEV", "cuda")
 raw = yaml.safe_load(Path("params.yaml").read_text())
@@ -33,8 +34,9 @@ with tempfile.TemporaryDirectory() as d:
     for label, stops in (("straight", [None]), ("killed_at_2_resumed", [2, None])):
         t0 = time.time()
         for stop in stops:
-            r = pretrain(params, method, 0, images, np.arange(n), spec, d / f"{label}.pt", d / f"{label}.ckpt",
-                         d / f"{label}.csv", log=lambda m: print(method, m), stop_after_epoch=stop)
+            r = pretrain(params, Job(method, 0, images, np.arange(n), spec),
+                         Outputs(d / f"{label}.pt", d / f"{label}.ckpt", d / f"{label}.csv"),
+                         log=lambda m: print(method, m), stop_after_epoch=stop)
         out[label] = {"seconds": round(time.time() - t0, 1), "final_loss": r.final_loss,
                       "history": (d / f"{label}.csv").read_text().splitlines()}
 print(json.dumps({"method": method, **out}))

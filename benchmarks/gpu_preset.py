@@ -74,7 +74,9 @@ def job(args) -> None:
     from sdclr.methods import Method
     from sdclr.models import build_model
     from sdclr.numerics import describe
-    from sdclr.train import ModelSpec, load_encoder, pretrain, resolve_device
+    from sdclr.device import resolve_device
+    from sdclr.encoder_file import ModelSpec, load_encoder
+    from sdclr.train import Job, Outputs, pretrain
 
     params = load_params(args.preset, args.device, args.set)
     device = resolve_device(params.device)
@@ -89,8 +91,9 @@ def job(args) -> None:
         net = build_model(params.model.width, spec.in_channels, spec.mean, spec.std, Method.head_spec(params))
     else:
         encoder = out / "models" / args.method / f"split{args.split}.pt"
-        result = pretrain(params, args.method, args.split, train["images"], split["longtail"], spec, encoder,
-                          encoder.with_suffix(".ckpt"), out / "pretrain" / args.method / f"split{args.split}.csv",
+        job = Job(args.method, args.split, train["images"], split["longtail"], spec)
+        history = out / "pretrain" / args.method / f"split{args.split}.csv"
+        result = pretrain(params, job, Outputs(encoder, encoder.with_suffix(".ckpt"), history),
                           log=lambda m: print(m, flush=True))
         record.update(pretrain_seconds=round(result.seconds, 1), images_per_s=round(result.images_per_s, 1))
         if args.pretrain_only:

@@ -54,9 +54,10 @@ def measure(args) -> dict:
     import yaml
 
     from sdclr.config import parse_params
-    from sdclr.methods import METHODS
+    from sdclr.methods import method_class
     from sdclr.numerics import cpu_model
-    from sdclr.train import ModelSpec, build
+    from sdclr.encoder_file import ModelSpec
+    from sdclr.train import Job, build
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["device"] = args.device
@@ -78,7 +79,7 @@ def measure(args) -> dict:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (args.train_images, args.size, args.size, args.channels), dtype=np.uint8)
     spec = ModelSpec(args.channels, [0.5] * args.channels, [0.25] * args.channels)
-    t = build(params, args.method, 0, images, np.arange(args.train_images), spec)
+    t = build(params, Job(args.method, 0, images, np.arange(args.train_images), spec))
     device = t.data.device
     if args.cudnn_benchmark != "auto":  # a lever measured on its own (build turns it on for CUDA)
         torch.backends.cudnn.benchmark = args.cudnn_benchmark == "on"
@@ -117,7 +118,7 @@ def measure(args) -> dict:
         peak_mb, kind = torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
     else:
         peak_mb, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_peak_rss"
-    cls = METHODS[args.method]
+    cls = method_class(args.method)
     return {
         "method": args.method, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if on_cuda else f"cpu: {cpu_model()}",
@@ -150,7 +151,7 @@ def measure_baseline(args) -> dict:
     import torch
 
     from benchmarks.baselines import measure as measure_one
-    from sdclr.train import resolve_device
+    from sdclr.device import resolve_device
 
     device = resolve_device(args.device)
     rng = np.random.default_rng(0)

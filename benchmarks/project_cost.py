@@ -58,13 +58,13 @@ def main() -> None:
     import yaml
 
     from sdclr.config import parse_params
-    from sdclr.methods import METHODS
+    from sdclr.methods import METHODS, method_class
     from sdclr.presets import PRESET_DIR
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     merge(raw, yaml.safe_load((PRESET_DIR / f"{args.preset}.yaml").read_text()))
     params = parse_params(raw, f"params.yaml with preset {args.preset}")
-    epochs = {name: cls.schedule(params)[0] for name, cls in METHODS.items()}
+    epochs = {name: method_class(name).setting(params, "epochs") for name in METHODS}
     rates = read_rates(args.results) if args.results else {}
     rates.update({k: float(v) for k, v in (r.split("=", 1) for r in args.rate)})
     print(json.dumps({"preset": args.preset, "rates": rates,

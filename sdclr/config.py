@@ -236,10 +236,10 @@ class BclParams:
 
 
 @dataclass(frozen=True)
-class FollowupParams:
-    """Which splits the follow-up methods (SimCLR + TS, BCL-I, BCL-D) run on; [] = none."""
+class LaterMethodsParams:
+    """Which splits the later methods (SimCLR + TS, BCL-I, BCL-D) run on; [] = none."""
 
-    splits: list[int] = _p(_split_subset, "a subset of subsample.splits; [] keeps the follow-ups out of the run")
+    splits: list[int] = _p(_split_subset, "a subset of subsample.splits; [] keeps the later methods out of the run")
 
 
 @dataclass(frozen=True)
@@ -257,13 +257,13 @@ class Params:
     pretrain: PretrainParams = _p()
     sbid: SbidParams = _p()
     bcl: BclParams = _p()
-    followups: FollowupParams = _p()
+    later_methods: LaterMethodsParams = _p()
     evaluate: EvaluateParams = _p()
 
     def __post_init__(self):
-        extra = sorted(set(self.followups.splits) - set(self.subsample.splits))
+        extra = sorted(set(self.later_methods.splits) - set(self.subsample.splits))
         if extra:
-            raise ParamError(f"followups.splits = {self.followups.splits} names split(s) {extra} that "
+            raise ParamError(f"later_methods.splits = {self.later_methods.splits} names split(s) {extra} that "
                              f"subsample.splits = {self.subsample.splits} does not draw; accepted: a subset of it.")
 
 
@@ -430,6 +430,14 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         why = f" ({problem})" if problem else ""
         raise ConfigError(f"{path}: not valid YAML{where}{why}; fix the syntax there.") from None
     return parse_params(raw, path)
+
+
+def param(params: Params, key: str) -> Any:
+    """The value at a dotted key (``"sbid.lr"``); a group comes back as a plain dict."""
+    value: Any = params
+    for part in key.split("."):
+        value = getattr(value, part)
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
 
 def as_flat_dict(params: Params) -> dict[str, Any]:

@@ -24,7 +24,6 @@ What the report stage writes under its ``--out`` folder (dvc.yaml declares each)
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,8 +34,8 @@ import yaml
 from sdclr.config import as_flat_dict
 from sdclr.errors import DataError
 from sdclr.io import write_bytes, write_json
-from sdclr.methods import METHODS, SingleBranchID
-from sdclr.plots import _pyplot
+from sdclr.methods import METHODS, method_class
+from sdclr.plots import _pyplot, plot_class_counts
 from sdclr.presets import PRESET_DIR
 from sdclr.stats import CONFIDENCE, paired_difference, splits_to_decide
 
@@ -164,7 +163,7 @@ def scores(agg: dict) -> dict[str, dict]:
     accuracy and balancedness (std of the group accuracies, lower = more balanced), all
     fractions and means over splits, and how many splits they average. Every method of the
     registry has an entry (DVC declares one file each): ``{"splits": 0}`` when it did not run
-    (the follow-ups, while ``followups.splits`` is empty)."""
+    (the later methods, while ``later_methods.splits`` is empty)."""
     out = {m: {"splits": 0} for m in METHOD_ORDER}
     for method in _methods(agg):
         kinds = agg[method]
@@ -388,7 +387,7 @@ def bcl_weight_section(weights: pd.DataFrame, figure: Path) -> list[str]:
     if weights.empty:  # dvc.yaml declares the figure: say why it is empty
         fig, ax = plt.subplots(figsize=(6, 1.2))
         ax.axis("off")
-        ax.text(0.5, 0.5, "BCL did not run: followups.splits is empty (--preset followups runs it)",
+        ax.text(0.5, 0.5, "BCL did not run: later_methods.splits is empty (--preset later_methods runs it)",
                 ha="center", va="center", fontsize=9)
         fig.savefig(figure, dpi=110)
         plt.close(fig)
@@ -455,12 +454,12 @@ def write_report(metrics_root: Path, history_root: Path, splits_summary: Path, p
     figures.mkdir(parents=True, exist_ok=True)
     plot_group_bars(agg, figures / "group_accuracy.png")
     has_loss = plot_loss_curves(history_root, figures / "pretrain_loss.png")
-    shutil.copyfile(splits_summary.parent / "class_counts.png", figures / "class_counts.png")
+    summary = json.loads(Path(splits_summary).read_text())
+    plot_class_counts(summary, figures / "class_counts.png")
     write_json(out_dir / "summary.json", {**agg, "paired_differences": paired})
     write_scores(scores(agg), out_dir / "scores")
     write_bytes(out_dir / "pretrain_loss.csv", loss_table(history_root).encode())
 
-    summary = json.loads(Path(splits_summary).read_text())
     n_splits = int(df["split"].nunique())
     lt = summary["splits"][0]
     md = [
@@ -536,11 +535,12 @@ def recipe_preset(dataset: str) -> str:
 def deviations(params, preset_dir: Path | None = None) -> list[str]:
     """What params.yaml changes from the papers' recipe, in words: every recipe key of the
     preset (``presets/cifar10_paper.yaml`` or ``cifar100_paper``) compared with ours, so the
-    recipe has one source. Resolved values are compared (sbid's null epochs/lr = the shared ones)."""
+    recipe has one source. Resolved values are compared (a method's null setting = the shared value)."""
     name = recipe_preset(params.data.dataset)
     paper = _flatten(yaml.safe_load(((preset_dir or PRESET_DIR) / f"{name}.yaml").read_text()))
     ours = as_flat_dict(params)
-    ours["sbid.epochs"], ours["sbid.lr"] = SingleBranchID.schedule(params)
+    for name in METHODS:
+        ours.update(method_class(name).resolved_params(params))
     ours["subsample.splits"], paper["subsample.splits"] = len(ours["subsample.splits"]), len(paper["subsample.splits"])
     out = []
     if params.data.dataset != paper["data.dataset"]:

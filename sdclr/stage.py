@@ -21,12 +21,6 @@ from sdclr.errors import ParamError, SdclrError
 from sdclr.io import remove_stale_temps
 
 
-def project_root() -> Path:
-    """The real project root, also inside ``dvc exp run --queue`` temp copies (DVC sets DVC_ROOT)."""
-    root = os.environ.get("DVC_ROOT")
-    return Path(root).resolve() if root else Path.cwd().resolve()
-
-
 def run_stage(
     main: Callable[[Params, argparse.Namespace], None],
     description: str,

@@ -36,13 +36,19 @@ from pathlib import Path
 from typing import Any
 
 from sdclr.errors import TrackingError
-from sdclr.stage import project_root
 
 #: MLflow's documented experiment tag for the kind of work: opens the UI on the runs table
 #: (its default for a new experiment is the GenAI traces view)
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 #: the code whose uncommitted changes make a run ``git_dirty``
 CODE_PATHS = ("sdclr", "stages", "dvc.yaml", "requirements.txt", "pyproject.toml")
+
+
+def project_root() -> Path:
+    """The real project root, also inside ``dvc exp run --queue`` temp copies (DVC sets DVC_ROOT):
+    the MLflow store and git's commit are the project's, not the temp copy's."""
+    root = os.environ.get("DVC_ROOT")
+    return Path(root).resolve() if root else Path.cwd().resolve()
 
 
 def tracking_uri() -> str:

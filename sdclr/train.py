@@ -34,19 +34,13 @@ from sdclr import checkpoint, distributed, numerics
 from sdclr.config import Params
 from sdclr.data.augment import BatchAugment
 from sdclr.data.device_data import epoch_batches, to_device_uint8
-from sdclr.errors import DataError, ParamError, TrainingError
+from sdclr.device import resolve_device
+from sdclr.encoder_file import ModelSpec, save_encoder
+from sdclr.errors import ParamError, TrainingError
 from sdclr.io import write_bytes
 from sdclr.losses import cosine_temperature
 from sdclr.methods import Method, method_class
-from sdclr.models import HeadSpec, build_model
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ParamError(f"device = {name!r} but no CUDA device is visible; accepted here: 'auto' or 'cpu'.")
-    return torch.device(name)
+from sdclr.models import build_model
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
@@ -84,22 +78,43 @@ class PretrainResult:
 
 
 @dataclass
-class ModelSpec:
-    """What evaluation needs to rebuild the network from a saved state dict."""
+class Job:
+    """What one pretraining run trains: a method on one split's long-tail subset."""
 
-    in_channels: int
-    mean: list[float]
-    std: list[float]
+    method_name: str
+    split_id: int
+    images: np.ndarray  # the whole train set, uint8 N×H×W×C
+    indices: np.ndarray  # the split's long-tail subset: rows of ``images``
+    spec: ModelSpec  # the input channels and their normalisation
+
+    @property
+    def label(self) -> str:
+        """"<method> split <k>", for progress bars and messages."""
+        return f"{self.method_name} split {self.split_id}"
+
+
+@dataclass
+class Outputs:
+    """Where a pretraining run writes: the encoder, its resume checkpoint, and optionally its
+    per-epoch history and the method's per-image state (BCL's w) with ``per_image_info``'s
+    columns (e.g. class and long-tail group) in front."""
+
+    encoder: Path
+    checkpoint: Path
+    history: Path | None = None
+    per_image: Path | None = None
+    per_image_info: dict[str, np.ndarray] | None = None
 
 
 def _silent(message: str) -> None:
     pass
 
 
-def training_fingerprint(params: Params, method_cls, split_id: int, indices: np.ndarray, world_size: int = 1) -> str:
-    p = params.pretrain
+def training_fingerprint(params: Params, job: Job, world_size: int = 1) -> str:
+    """What a resume checkpoint must match: every param and datum that shapes the training."""
+    p, method_cls, indices = params.pretrain, method_class(job.method_name), job.indices
     shaping = {
-        "method": method_cls.name, "split": split_id, "seed": params.seed, "numerics": params.numerics,
+        "method": method_cls.name, "split": job.split_id, "seed": params.seed, "numerics": params.numerics,
         "width": params.model.width, "head": asdict(method_cls.head_spec(params)), "augment": asdict(params.augment),
         "pretrain": {k: v for k, v in asdict(p).items() if k not in ("checkpoint_every", "nproc")},
         "method_params": method_cls.shaping_params(params),
@@ -186,14 +201,13 @@ class Training:
             return self.step(idx)
 
 
-def build(params: Params, method_name: str, split_id: int, images: np.ndarray, indices: np.ndarray,
-          spec: ModelSpec) -> Training:
+def build(params: Params, job: Job) -> Training:
     """Device, precision, this rank's shard on the device, the seeded network, method and optimizer."""
-    p, cls = params.pretrain, method_class(method_name)
+    p, cls, split_id, indices, spec = params.pretrain, method_class(job.method_name), job.split_id, job.indices, job.spec
     ctx, device = distributed.init_from_env(resolve_device(params.device))
     on_cuda = device.type == "cuda"
     channels_last = p.channels_last == "on" or (p.channels_last == "auto" and on_cuda)
-    epochs, peak_lr = cls.schedule(params)
+    epochs, peak_lr = cls.setting(params, "epochs"), cls.setting(params, "lr")
     n = len(indices)
     if n < p.batch_size:
         raise ParamError(f"pretrain.batch_size = {p.batch_size} is larger than the training subset "
@@ -202,7 +216,7 @@ def build(params: Params, method_name: str, split_id: int, images: np.ndarray, i
         raise ParamError(f"pretrain.batch_size = {p.batch_size} does not split evenly over "
                          f"{ctx.world_size} processes; accepted: a multiple of {ctx.world_size}.")
     positions = torch.arange(ctx.rank, n, ctx.world_size)  # rows rank, rank + W, rank + 2W, ...
-    data = to_device_uint8(images[indices[positions.numpy()]], device)
+    data = to_device_uint8(job.images[indices[positions.numpy()]], device)
     local_batch = p.batch_size // ctx.world_size
     steps_per_epoch = (n // ctx.world_size) // local_batch  # the same on every rank
 
@@ -222,7 +236,7 @@ def build(params: Params, method_name: str, split_id: int, images: np.ndarray, i
     trained = distributed.wrap(method, ctx, device, p.sync_bn)
     # One fused update kernel where it was measured to pay (compiled, on CUDA: sbid +27 % on an H100)
     optimizer = torch.optim.SGD(method.parameters(), lr=peak_lr, momentum=p.momentum,
-                                weight_decay=cls.weight_decay(params), fused=True if compiled and on_cuda else None)
+                                weight_decay=cls.setting(params, "weight_decay"), fused=True if compiled and on_cuda else None)
     return Training(
         method=method, step_fn=trained, compile_mode=p.compile_mode if compiled else None, compile_pending=compiled,
         optimizer=optimizer, data=data,
@@ -231,160 +245,144 @@ def build(params: Params, method_name: str, split_id: int, images: np.ndarray, i
         if "cosine" in (p.temperature_schedule, cls.temperature_schedule) else None,
         positions=positions.to(device), gen=gen, shared_gen=shared_gen, ctx=ctx,
         use_bf16=p.amp == "bf16" or (p.amp == "auto" and on_cuda), epochs=epochs, peak_lr=peak_lr,
-        lr_key=cls.lr_key(params), local_batch=local_batch, steps_per_epoch=steps_per_epoch,
+        lr_key=cls.setting_key(params, "lr"), local_batch=local_batch, steps_per_epoch=steps_per_epoch,
         warmup_steps=min(p.warmup_epochs, epochs) * steps_per_epoch,
-        fingerprint=training_fingerprint(params, cls, split_id, indices, ctx.world_size),
-        label=f"{method_name} split {split_id}")
+        fingerprint=training_fingerprint(params, job, ctx.world_size), label=job.label)
 
 
-def restore(t: Training, ckpt_path: Path, log: Callable[[str], None]) -> None:
+def restore(training: Training, ckpt_path: Path, log: Callable[[str], None]) -> None:
     """Resume from ``ckpt_path`` when its fingerprint matches; else the method's one-time initialisation."""
-    state = checkpoint.try_resume(ckpt_path, t.fingerprint, map_location=t.data.device, log=log)
+    state = checkpoint.try_resume(ckpt_path, training.fingerprint, map_location=training.data.device, log=log)
     if state is None:
-        t.method.initialise(t.data, t.gen, t.local_batch, t.positions if t.ctx.active else None)
+        training.method.initialise(training.data, training.gen, training.local_batch, training.positions if training.ctx.active else None)
         return
-    t.method.load_state_dict(state["method"])
-    t.optimizer.load_state_dict(state["optimizer"])
-    if t.ctx.active:
-        t.gen.set_state(state["rank_generators"][t.ctx.rank].cpu())
-        t.shared_gen.set_state(state["shared_generator"].cpu())
-        torch.set_rng_state(state["rank_torch_rng"][t.ctx.rank].cpu())
+    training.method.load_state_dict(state["method"])
+    training.optimizer.load_state_dict(state["optimizer"])
+    if training.ctx.active:
+        training.gen.set_state(state["rank_generators"][training.ctx.rank].cpu())
+        training.shared_gen.set_state(state["shared_generator"].cpu())
+        torch.set_rng_state(state["rank_torch_rng"][training.ctx.rank].cpu())
     else:
-        t.gen.set_state(state["generator"].cpu())
+        training.gen.set_state(state["generator"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
-    t.start_epoch = int(state["epoch"])
-    t.history = [dict(zip(state["history_keys"], row)) for row in state["history"].tolist()]
-    log(f"resuming {t.label} from epoch {t.start_epoch} ({ckpt_path})")
+    training.start_epoch = int(state["epoch"])
+    training.history = [dict(zip(state["history_keys"], row)) for row in state["history"].tolist()]
+    log(f"resuming {training.label} from epoch {training.start_epoch} ({ckpt_path})")
 
 
-def checkpoint_run_id(ckpt_path: Path, params: Params, method_name: str, split_id: int, indices: np.ndarray,
-                      world_size: int = 1) -> str:
+def checkpoint_run_id(ckpt_path: Path, params: Params, job: Job, world_size: int = 1) -> str:
     """The MLflow run a resumable checkpoint at ``ckpt_path`` was logging to ("" when none).
 
     A resumed pretraining continues that run, so one run holds the whole loss curve.
     """
-    fingerprint = training_fingerprint(params, method_class(method_name), split_id, indices, world_size)
+    fingerprint = training_fingerprint(params, job, world_size)
     state = checkpoint.try_resume(ckpt_path, fingerprint, map_location="cpu", log=_silent)
     return str(state.get("mlflow_run_id", "")) if state else ""
 
 
-def save_checkpoint(t: Training, path: Path, epoch_done: int, run_id: str = "") -> None:
+def save_checkpoint(training: Training, path: Path, epoch_done: int, run_id: str = "") -> None:
     """Weights, optimizer, every rank's random state, the history so far and the MLflow run
     being logged to (a collective under DDP)."""
     extra = {}
-    if t.ctx.active:  # every rank's random state (all ranks call this), rank 0 writes
-        extra = {"rank_generators": distributed.all_gather_objects(t.gen.get_state()),
+    if training.ctx.active:  # every rank's random state (all ranks call this), rank 0 writes
+        extra = {"rank_generators": distributed.all_gather_objects(training.gen.get_state()),
                  "rank_torch_rng": distributed.all_gather_objects(torch.get_rng_state()),
-                 "shared_generator": t.shared_gen.get_state()}
-    if not t.ctx.is_main:
+                 "shared_generator": training.shared_gen.get_state()}
+    if not training.ctx.is_main:
         return
     checkpoint.save(path, {
-        "fingerprint": t.fingerprint, "epoch": epoch_done, "method": t.method.state_dict(),
-        "optimizer": t.optimizer.state_dict(), "generator": t.gen.get_state(), "torch_rng": torch.get_rng_state(),
-        "history_keys": list(t.history[0]) if t.history else [],
-        "history": torch.tensor([list(h.values()) for h in t.history], dtype=torch.float64),
+        "fingerprint": training.fingerprint, "epoch": epoch_done, "method": training.method.state_dict(),
+        "optimizer": training.optimizer.state_dict(), "generator": training.gen.get_state(), "torch_rng": torch.get_rng_state(),
+        "history_keys": list(training.history[0]) if training.history else [],
+        "history": torch.tensor([list(h.values()) for h in training.history], dtype=torch.float64),
         "mlflow_run_id": run_id,
         **extra,
     })
 
 
-def run_epoch(t: Training, epoch: int, ckpt_path: Path) -> tuple[dict[str, float], dict[str, float]]:
+def run_epoch(training: Training, epoch: int, ckpt_path: Path) -> tuple[dict[str, float], dict[str, float]]:
     """One epoch → (its metrics: loss, lr, temperature, method extras; its timing: images/s, seconds).
 
     The host syncs once every ~10 % of the epoch, to show progress and to stop on a NaN/inf loss.
     """
     from tqdm import tqdm
 
-    t.step_fn.train()
-    if t.temperature_at is not None:
-        t.method.temperature = t.temperature_at(epoch + 1)
-    metrics = t.method.on_epoch_start(epoch)
-    loss_sum, extra_sums = torch.zeros((), device=t.data.device), {}
+    training.step_fn.train()
+    if training.temperature_at is not None:
+        training.method.temperature = training.temperature_at(epoch + 1)
+    metrics = training.method.on_epoch_start(epoch)
+    loss_sum, extra_sums = torch.zeros((), device=training.data.device), {}
     t0 = time.perf_counter()
-    bar = tqdm(total=t.steps_per_epoch, desc=f"{t.label} ep {epoch + 1}/{t.epochs}", unit="step", leave=False,
-               disable=None if t.ctx.is_main else True, file=sys.stderr, dynamic_ncols=True)
-    report_every = max(1, t.steps_per_epoch // 10)
-    batches = epoch_batches(len(t.positions), t.local_batch, t.gen, t.data.device)
-    for i, idx in enumerate(islice(batches, t.steps_per_epoch)):
-        lr = lr_at(epoch * t.steps_per_epoch + i, t.total_steps, t.warmup_steps, t.peak_lr)
-        for group in t.optimizer.param_groups:
+    bar = tqdm(total=training.steps_per_epoch, desc=f"{training.label} ep {epoch + 1}/{training.epochs}", unit="step", leave=False,
+               disable=None if training.ctx.is_main else True, file=sys.stderr, dynamic_ncols=True)
+    report_every = max(1, training.steps_per_epoch // 10)
+    batches = epoch_batches(len(training.positions), training.local_batch, training.gen, training.data.device)
+    for i, idx in enumerate(islice(batches, training.steps_per_epoch)):
+        lr = lr_at(epoch * training.steps_per_epoch + i, training.total_steps, training.warmup_steps, training.peak_lr)
+        for group in training.optimizer.param_groups:
             group["lr"] = lr
-        loss, extras = t.step(idx)
+        loss, extras = training.step(idx)
         loss_sum += loss
         for key, value in extras.items():
             extra_sums[key] = extra_sums.get(key, 0) + value
-        if (i + 1) % report_every == 0 or i + 1 == t.steps_per_epoch:
+        if (i + 1) % report_every == 0 or i + 1 == training.steps_per_epoch:
             running = loss_sum.item() / (i + 1)
             if not math.isfinite(running):
                 bar.close()
-                tau_key = "pretrain.tau_min" if t.temperature_at else t.method.temperature_key
+                tau_key = "pretrain.tau_min" if training.temperature_at else training.method.temperature_key
                 raise TrainingError(
-                    f"{t.label}: the loss became {running} at epoch {epoch + 1} step {i + 1}; lower {t.lr_key} "
-                    f"(now {t.peak_lr}) or raise {tau_key} (τ now {t.method.temperature}) — "
+                    f"{training.label}: the loss became {running} at epoch {epoch + 1} step {i + 1}; lower {training.lr_key} "
+                    f"(now {training.peak_lr}) or raise {tau_key} (τ now {training.method.temperature}) — "
                     f"the last good checkpoint {ckpt_path} is kept.")
-            bar.set_postfix(loss=f"{running:.4f}", img_s=f"{(i + 1) * t.global_batch / (time.perf_counter() - t0):.0f}")
+            bar.set_postfix(loss=f"{running:.4f}", img_s=f"{(i + 1) * training.global_batch / (time.perf_counter() - t0):.0f}")
             bar.update(i + 1 - bar.n)
     bar.close()
-    if t.data.device.type == "cuda":
-        torch.cuda.synchronize(t.data.device)
+    if training.data.device.type == "cuda":
+        torch.cuda.synchronize(training.data.device)
     seconds = time.perf_counter() - t0
-    metrics = {"loss": loss_sum.item() / t.steps_per_epoch, "lr": lr, "temperature": t.method.temperature,
-               **metrics, **{k: v.item() / t.steps_per_epoch for k, v in extra_sums.items()}}
-    return metrics, {"images_per_s": t.steps_per_epoch * t.global_batch / seconds,
+    metrics = {"loss": loss_sum.item() / training.steps_per_epoch, "lr": lr, "temperature": training.method.temperature,
+               **metrics, **{k: v.item() / training.steps_per_epoch for k, v in extra_sums.items()}}
+    return metrics, {"images_per_s": training.steps_per_epoch * training.global_batch / seconds,
                      "epoch_seconds": seconds}
 
 
-def pretrain(
-    params: Params,
-    method_name: str,
-    split_id: int,
-    images: np.ndarray,
-    indices: np.ndarray,
-    spec: ModelSpec,
-    out_path: Path,
-    ckpt_path: Path,
-    history_path: Path | None = None,
-    per_image_path: Path | None = None,
-    per_image_info: dict[str, np.ndarray] | None = None,
-    run=None,
-    log: Callable[[str], None] = print,
-    stop_after_epoch: int | None = None,
-) -> PretrainResult:
-    """Pretrain ``method_name`` on ``images[indices]`` (uint8 N×H×W×C) and save the network.
+def pretrain(params: Params, job: Job, outputs: Outputs, run=None, log: Callable[[str], None] = print,
+             stop_after_epoch: int | None = None) -> PretrainResult:
+    """Pretrain ``job``'s method on its subset and write ``outputs``.
 
     ``run`` is an optional :class:`sdclr.tracking.Run` receiving per-epoch metrics;
-    ``per_image_path`` a CSV for the method's per-image state (BCL's w), one row per image,
-    with the columns of ``per_image_info`` (e.g. class and long-tail group) in front.
     ``stop_after_epoch`` ends the loop early (after checkpointing) — used to test resume.
     """
-    t = build(params, method_name, split_id, images, indices, spec)
-    log = log if t.ctx.is_main else _silent  # rank 0 speaks, writes and tracks; the others only compute
-    t.log = log
-    restore(t, ckpt_path, log)
-    rate, seconds, last = 0.0, 0.0, t.start_epoch
-    for epoch in range(t.start_epoch, t.epochs):
-        metrics, timing = run_epoch(t, epoch, ckpt_path)
-        t.history.append({"epoch": epoch + 1, **metrics})  # deterministic values only: the history is an output
+    training = build(params, job)
+    log = log if training.ctx.is_main else _silent  # rank 0 speaks, writes and tracks; the others only compute
+    training.log = log
+    restore(training, outputs.checkpoint, log)
+    rate, seconds, last = 0.0, 0.0, training.start_epoch
+    for epoch in range(training.start_epoch, training.epochs):
+        metrics, timing = run_epoch(training, epoch, outputs.checkpoint)
+        training.history.append({"epoch": epoch + 1, **metrics})  # deterministic values only: it is an output
         rate, seconds, last = timing["images_per_s"], seconds + timing["epoch_seconds"], epoch + 1
-        log(f"{t.label} epoch {epoch + 1}/{t.epochs}: {rate:.0f} images/s, "
+        log(f"{training.label} epoch {epoch + 1}/{training.epochs}: {rate:.0f} images/s, "
             + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         if run is not None:
             # under the method's own loss name: MLflow charts one key per plot, and losses of different
             # methods are different quantities (the history CSV keeps one `loss` column for DVC's overlay)
-            loss_name = {"loss": type(t.method).loss_metric}
+            loss_name = {"loss": type(training.method).loss_metric}
             run.log_metrics({**{loss_name.get(k, k): v for k, v in metrics.items()}, **timing}, step=epoch + 1)
-        if (epoch + 1) % params.pretrain.checkpoint_every == 0 or epoch + 1 == t.epochs:
-            save_checkpoint(t, ckpt_path, epoch + 1, run.run_id if run is not None else "")
-        if stop_after_epoch is not None and stop_after_epoch <= epoch + 1 < t.epochs:
+        if (epoch + 1) % params.pretrain.checkpoint_every == 0 or epoch + 1 == training.epochs:
+            save_checkpoint(training, outputs.checkpoint, epoch + 1, run.run_id if run is not None else "")
+        if stop_after_epoch is not None and stop_after_epoch <= epoch + 1 < training.epochs:
             break
-    if last == t.epochs and t.ctx.is_main:
-        save_encoder(out_path, t.method, spec, params, t.fingerprint, numerics.describe(params.numerics, t.data.device))
-        if history_path is not None:
-            write_history_csv(history_path, t.history)
-        if per_image_path is not None:
-            write_per_image_csv(per_image_path, indices, {**(per_image_info or {}), **t.method.per_image_state()})
-    final_loss = t.history[-1]["loss"] if t.history else float("nan")
-    return PretrainResult(last - t.start_epoch, t.start_epoch, final_loss, rate, seconds)
+    if last == training.epochs and training.ctx.is_main:
+        made_by = numerics.describe(params.numerics, training.data.device)
+        save_encoder(outputs.encoder, training.method, job.spec, params, training.fingerprint, made_by)
+        if outputs.history is not None:
+            write_history_csv(outputs.history, training.history)
+        if outputs.per_image is not None:
+            write_per_image_csv(outputs.per_image, job.indices,
+                                {**(outputs.per_image_info or {}), **training.method.per_image_state()})
+    final_loss = training.history[-1]["loss"] if training.history else float("nan")
+    return PretrainResult(last - training.start_epoch, training.start_epoch, final_loss, rate, seconds)
 
 
 def write_history_csv(path: Path, history: list[dict]) -> None:
@@ -405,54 +403,3 @@ def write_per_image_csv(path: Path, indices: np.ndarray, columns: dict) -> None:
     lines = [",".join(["image", *columns])] + [
         ",".join([str(int(i)), *(cell(v[r]) for v in values)]) for r, i in enumerate(indices)]
     write_bytes(path, ("\n".join(lines) + "\n").encode())
-
-
-def save_encoder(path: Path, method: Method, spec: ModelSpec, params: Params, fingerprint: str,
-                 made_by: str) -> None:
-    """The trained network (masks included), what is needed to rebuild it, and the numerics
-    that made it (``made_by``, :func:`sdclr.numerics.describe`).
-
-    No run id or time: the file is a DVC output whose hash must only change with the weights
-    (MLflow finds the pretraining run from this file's md5, the run's ``model_md5`` tag); in
-    portable numerics ``made_by`` is the same on every CPU.
-    """
-    cls = type(method)
-    net_state = {k: v.detach().cpu().contiguous() for k, v in method.net.state_dict().items()}
-    checkpoint.save(path, {
-        "method": cls.name,
-        "fingerprint": fingerprint,
-        "net": net_state,
-        "spec": asdict(spec),
-        "model": asdict(params.model),
-        "head": asdict(cls.head_spec(params)),
-        "numerics": made_by,
-    })
-
-
-def load_encoder(path: Path, device: torch.device | str = "cpu", stage: str | None = None):
-    """Rebuild the network saved by :func:`save_encoder` (weights_only load) in eval mode.
-
-    A missing, truncated or foreign file is one :class:`DataError` sentence naming it and
-    the fix (``dvc checkout`` it, or re-run ``stage``, the DVC stage that writes it), never
-    torch's traceback, whose advice to load with ``weights_only=False`` would run code
-    from an untrusted file.
-    """
-    path = Path(path)
-    redo = f"`dvc repro {stage}`" if stage else "the pretrain stage that writes it"
-    fix = f"restore it with `dvc checkout {path}` or re-create it with {redo}"
-    if not path.is_file():
-        raise DataError(f"the encoder file {path} {'is not a file' if path.exists() else 'is missing'}; {fix}.")
-    try:
-        state = checkpoint.load(path, map_location="cpu")
-    except Exception as e:  # truncated zip, random bytes, a pickle with foreign classes: all unreadable
-        raise DataError(f"{path} cannot be read as an encoder file ({type(e).__name__}: it is truncated, damaged "
-                        f"or not a file the pretrain stage wrote); {fix}.") from None
-    try:
-        spec = state["spec"]
-        net = build_model(state["model"]["width"], spec["in_channels"], spec["mean"], spec["std"],
-                          HeadSpec(**state["head"]))
-        net.load_state_dict(state["net"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise DataError(f"{path} does not hold an encoder the pretrain stage wrote ({type(e).__name__}); "
-                        f"{fix}.") from None
-    return net.to(device).eval(), state

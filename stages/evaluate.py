@@ -20,13 +20,14 @@ from sdclr import cost, tracking
 from sdclr.config import as_flat_dict
 from sdclr.data.device_data import channel_stats
 from sdclr.data.longtail import groups_of, load_split, split_file
+from sdclr.device import resolve_device
+from sdclr.encoder_file import load_encoder
 from sdclr.errors import ConfigError
 from sdclr.evaluate import STAGE_PARAMS, evaluate_encoder, flat_metrics
 from sdclr.io import load_raw, md5_file, write_json
 from sdclr.methods import METHODS, Method
 from sdclr.models import build_model
 from sdclr.stage import run_stage
-from sdclr.train import load_encoder, resolve_device
 
 
 def main(params, args):

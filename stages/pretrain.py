@@ -22,10 +22,12 @@ from sdclr import cost, distributed, tracking
 from sdclr.config import as_flat_dict
 from sdclr.data.device_data import channel_stats, example_batch
 from sdclr.data.longtail import class_and_group, load_split, split_file
+from sdclr.device import resolve_device
+from sdclr.encoder_file import ModelSpec, load_encoder
 from sdclr.io import load_raw, md5_file
 from sdclr.methods import METHODS, method_class
 from sdclr.stage import run_stage
-from sdclr.train import ModelSpec, checkpoint_run_id, load_encoder, pretrain, resolve_device
+from sdclr.train import Job, Outputs, checkpoint_run_id, pretrain
 
 
 def main(params, args):
@@ -37,12 +39,10 @@ def main(params, args):
     train_set = load_raw(args.raw, parts=("train",)).train  # verified against the download's checksums
     images = train_set["images"]
     split = load_split(args.splits, args.split, params.subsample.splits, num_train=len(images))
-    spec = ModelSpec(images.shape[-1], *channel_stats(images))
-    train = dict(params=params, method_name=args.method, split_id=args.split, images=images,
-                 indices=split["longtail"], spec=spec, out_path=args.out, ckpt_path=args.checkpoint)
+    job = Job(args.method, args.split, images, split["longtail"], ModelSpec(images.shape[-1], *channel_stats(images)))
     try:
         if not ctx.is_main:  # the other ranks train; rank 0 writes and tracks
-            pretrain(**train)
+            pretrain(params, job, Outputs(args.out, args.checkpoint))
             return
         cls = method_class(args.method)
         logged = {**tracking.select_params(as_flat_dict(params), cls.stage_params()), **cls.resolved_params(params),
@@ -50,12 +50,12 @@ def main(params, args):
         machine = cost.machine(device, params.numerics)
         tags = {"dataset": params.data.dataset, "method": args.method, "split": args.split, "stage": "pretrain",
                 "world_size": ctx.world_size, "data_split_md5": md5_file(split_file(args.splits, args.split)), **machine}
-        resume = checkpoint_run_id(args.checkpoint, params, args.method, args.split, split["longtail"], ctx.world_size)
+        resume = checkpoint_run_id(args.checkpoint, params, job, ctx.world_size)
         with tracking.Run(tracking.experiment_name(params.data.dataset), f"pretrain-{args.method}-split{args.split}",
                           logged, tags, "stages/pretrain.py", resume_run_id=resume) as run:
-            result = pretrain(**train, history_path=args.history, per_image_path=args.per_image,
-                              per_image_info=class_and_group(train_set["labels"][split["longtail"]], split["class_order"]),
-                              run=run)
+            per_image_info = class_and_group(train_set["labels"][split["longtail"]], split["class_order"])
+            outputs = Outputs(args.out, args.checkpoint, args.history, args.per_image, per_image_info)
+            result = pretrain(params, job, outputs, run=run)
             model_md5 = md5_file(args.out)
             run.set_tags({"resumed_from_epoch": result.resumed_from_epoch, "model_md5": model_md5})
             if os.environ.get("SDCLR_LOG_MODEL", "1") != "0":

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from sdclr import distributed  # noqa: E402
 from sdclr.config import parse_params  # noqa: E402
-from sdclr.methods import METHODS  # noqa: E402
+from sdclr.methods import method_class  # noqa: E402
 from sdclr.models import build_model  # noqa: E402
 from sdclr.pruning import mask_fingerprint  # noqa: E402
 
@@ -48,7 +48,7 @@ def main(params_json: str, out: str) -> None:
     ctx, device = distributed.init_from_env(torch.device("cpu"))
 
     torch.manual_seed(0)
-    cls = METHODS[method_name]
+    cls = method_class(method_name)
     net = build_model(params.model.width, 1, [0.5], [0.25], cls.head_spec(params))
     method = cls.from_params(params, net, num_samples=BANK).configure(FlipEveryOtherView(), channels_last=False)
     shared = torch.Generator().manual_seed(7)

@@ -117,3 +117,14 @@ def stage_command(dest: Path, stage: str, item: int | None = None) -> list[str]:
 
     cmd = shlex.split(re.sub(r"\$\{([^}]+)\}", value, spec.get("do", spec)["cmd"]))
     return [sys.executable if cmd[0] == "python" else cmd[0], *cmd[1:]]
+
+
+def splits_summary(num_splits: int = 1) -> dict:
+    """A subsample stage's summary.json of a small 10-class long tail (what the report reads and draws)."""
+    counts = [50 // (i + 1) for i in range(10)]
+    groups = {"major": [0, 1, 2, 3], "moderate": [4, 5, 6], "minor": [7, 8, 9]}
+    split = {"class_order": list(range(10)), "longtail_counts_by_rank": counts, "longtail_total": sum(counts),
+             "balanced_total": 100, "fewshot_total": 5, "groups": groups}
+    return {"imbalance_ratio": 100, "pool_total": 100, "val_total": 10, "num_classes": 10,
+            "class_names": [f"class{c}" for c in range(10)],
+            "splits": [{**split, "split_id": k} for k in range(num_splits)]}

@@ -36,7 +36,8 @@ import yaml
 from sdclr.config import Params, parse_params
 from sdclr.data.augment import BatchAugment
 from sdclr.errors import ParamError
-from sdclr.train import ModelSpec, Training, build
+from sdclr.encoder_file import ModelSpec
+from sdclr.train import Job, Training, build
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 50
@@ -77,7 +78,7 @@ def synthetic_images(channels: int = 3) -> np.ndarray:
 def start(params: Params, method: str) -> tuple[Training, list[str]]:
     """A run as the pretrain stage builds it, its messages collected instead of printed."""
     images = synthetic_images()
-    t = build(params, method, 0, images, np.arange(len(images)), ModelSpec(3, [0.5] * 3, [0.25] * 3))
+    t = build(params, Job(method, 0, images, np.arange(len(images)), ModelSpec(3, [0.5] * 3, [0.25] * 3)))
     notes: list[str] = []
     t.log = notes.append
     t.step_fn.train()

@@ -1,9 +1,10 @@
 """dvc.yaml's deps cover the code every stage runs, so DVC re-runs a stage whenever it changes.
 
-The closure of a stage script is computed from its source (every ``import`` and ``from ...
-import`` anywhere in the file, function bodies included, followed through the project's
-modules and their packages' ``__init__.py``): no hand-kept list. A second test edits a
-file in a real DVC project and asks ``dvc status`` which stages changed.
+dvc.yaml is written by ``python -m sdclr.dvc_stages`` from the registry and the closure of each
+stage script (every ``import`` and ``from ... import`` anywhere in the file, function bodies
+included, followed through the project's modules and their packages' ``__init__.py``), plus,
+for a pretrain stage, its own method's module. Other tests edit files and params in a real
+DVC project and ask ``dvc status`` which stages changed.
 """
 
 from __future__ import annotations
@@ -16,54 +17,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sdclr.methods import METHODS
+from sdclr.dvc_stages import import_closure, method_module, render
+from sdclr.methods import METHODS, method_class
 from tests.dvc_project import dvc, make_project, update_params
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _module_file(name: str, root: Path) -> Path | None:
-    """The project file of module ``name`` (a .py or a package's __init__.py), or None if not ours."""
-    base = root.joinpath(*name.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _imported_names(path: Path, root: Path) -> set[str]:
-    """Dotted names imported anywhere in ``path``; ``from a import b`` gives both a and a.b."""
-    names: set[str] = set()
-    package = ".".join(path.relative_to(root).with_suffix("").parts[:-1])
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:  # relative import: resolve against this file's package
-                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*parent, base] if base else parent)
-            names.add(base)
-            names.update(f"{base}.{alias.name}" for alias in node.names)
-    return names
-
-
-def import_closure(script: Path, root: Path = ROOT) -> set[Path]:
-    """Every project file that running ``script`` can import (transitively), ``script`` included."""
-    seen: set[Path] = set()
-    todo = [script.resolve()]
-    while todo:
-        path = todo.pop()
-        if path in seen:
-            continue
-        seen.add(path)
-        for name in _imported_names(path, root):
-            parts = name.split(".")
-            for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__, a/b/__init__ too
-                found = _module_file(".".join(parts[:i]), root)
-                if found is not None and found not in seen:
-                    todo.append(found)
-    return seen
 
 
 def stage_scripts(dvc_yaml: dict) -> dict[str, tuple[Path, list[str]]]:
@@ -76,11 +34,18 @@ def stage_scripts(dvc_yaml: dict) -> dict[str, tuple[Path, list[str]]]:
     return out
 
 
+def runs_code_of(name: str, script: Path) -> set[Path]:
+    """The files a stage runs: its script's closure, plus the methods it loads by name (a pretrain
+    stage its own, the report every one)."""
+    methods = {"report": METHODS}.get(name, [name.removeprefix("pretrain-")] if name.startswith("pretrain-") else [])
+    return import_closure(script).union(*(import_closure(method_module(m)) for m in methods))
+
+
 def uncovered(dvc_yaml: dict) -> list[str]:
-    """'stage: file' for every file of a stage's import closure that none of its deps covers."""
+    """'stage: file' for every file a stage runs that none of its deps covers."""
     missing = []
     for name, (script, deps) in stage_scripts(dvc_yaml).items():
-        for path in sorted(import_closure(script)):
+        for path in sorted(runs_code_of(name, script)):
             rel = path.relative_to(ROOT).as_posix()
             if not any(rel == d.rstrip("/") or rel.startswith(d.rstrip("/") + "/") for d in deps):
                 missing.append(f"{name}: {rel}")
@@ -91,38 +56,51 @@ def _dvc_yaml() -> dict:
     return yaml.safe_load((ROOT / "dvc.yaml").read_text())
 
 
-def test_every_stage_depends_on_its_whole_import_closure():
+def test_dvc_yaml_is_what_the_registry_and_the_imports_write():
+    assert (ROOT / "dvc.yaml").read_text() == render(), "dvc.yaml is stale: run `python -m sdclr.dvc_stages`"
+
+
+def test_every_stage_depends_on_all_the_code_it_runs():
     missing = uncovered(_dvc_yaml())
     assert not missing, "dvc.yaml misses code deps (stage: file):\n" + "\n".join(missing)
+
+
+def test_a_pretrain_stage_depends_on_its_own_method_only():
+    stages = stage_scripts(_dvc_yaml())
+    modules = {m: method_module(m).relative_to(ROOT).as_posix() for m in METHODS}
+    assert modules["sdclr"] in stages["pretrain-sdclr"][1] and modules["sbid"] not in stages["pretrain-sdclr"][1]
+    assert modules["sbid"] not in stages["pretrain-simclr"][1] and modules["sdclr"] not in stages["pretrain-simclr"][1]
+    # BCL-D is built on SDCLR and SimCLR: an edit of either must re-run it
+    assert {modules["bcl_d"], modules["sdclr"], modules["simclr"]} <= set(stages["pretrain-bcl_d"][1])
+    # an evaluation reads the encoder file, not the training code
+    assert not {"sdclr/train.py", *modules.values()} & set(stages["evaluate-sbid"][1])
 
 
 def test_the_closure_finds_lazy_imports_and_package_inits():
     closure = {p.relative_to(ROOT).as_posix() for p in import_closure(ROOT / "stages/evaluate.py")}
     # imported inside main() (lazily), and through the models package
-    assert {"sdclr/evaluate.py", "sdclr/train.py", "sdclr/models/resnet.py", "sdclr/models/__init__.py",
-            "sdclr/__init__.py", "sdclr/distributed.py"} <= closure
-    assert "sdclr/report.py" not in closure
+    assert {"sdclr/evaluate.py", "sdclr/encoder_file.py", "sdclr/models/resnet.py", "sdclr/models/__init__.py",
+            "sdclr/__init__.py"} <= closure
+    assert not {"sdclr/report.py", "sdclr/train.py", "sdclr/plots.py"} & closure
 
 
 def test_a_removed_dep_is_named():
     spec = _dvc_yaml()
     deps = spec["stages"]["evaluate-random"]["do"]["deps"]
-    deps.remove("sdclr/models")
+    deps.remove("sdclr/models/resnet.py")
     missing = uncovered(spec)
-    assert "evaluate-random: sdclr/models/resnet.py" in missing
-    assert not [m for m in missing if not m.startswith("evaluate-random:")]
+    assert missing == ["evaluate-random: sdclr/models/resnet.py"]
 
 
 def test_dvc_yaml_has_a_block_per_registered_method_declaring_its_params():
     """What dvc.yaml declares is also what each stage's MLflow run logs as its params."""
     from sdclr.evaluate import STAGE_PARAMS as EVALUATE_PARAMS
-    from sdclr.methods import METHODS
 
     stages = _dvc_yaml()["stages"]
     assert {n.removeprefix("pretrain-") for n in stages if n.startswith("pretrain-")} == set(METHODS)
     assert {n.removeprefix("evaluate-") for n in stages if n.startswith("evaluate-")} == {*METHODS, "random"}
-    for name, cls in METHODS.items():
-        block = stages[f"pretrain-{name}"]["do"]
+    for name in METHODS:
+        cls, block = method_class(name), stages[f"pretrain-{name}"]["do"]
         assert f"--method {name} " in block["cmd"] and f"--method {name} " in stages[f"evaluate-{name}"]["do"]["cmd"]
         assert set(block["params"]) == set(cls.stage_params()), name
         assert set(stages[f"evaluate-{name}"]["do"]["params"]) == set(EVALUATE_PARAMS), name
@@ -135,8 +113,6 @@ def _out_paths(entries: list) -> list[str]:
 
 
 def test_the_report_declares_one_metrics_file_per_method_and_the_loss_plot():
-    from sdclr.methods import METHODS
-
     spec = _dvc_yaml()
     report = spec["stages"]["report"]
     metrics = _out_paths(report["metrics"])
@@ -157,17 +133,17 @@ def test_the_report_declares_one_metrics_file_per_method_and_the_loss_plot():
 TINY = {"device": "cpu", "subsample": {"splits": [0]}}
 
 
-def _fake_outputs(proj: Path, followups: bool = False) -> None:
+def _fake_outputs(proj: Path, later_methods: bool = False) -> None:
     """Put a file at every output (and data dep) of the graph, so `dvc commit` can lock it as run
-    (the follow-ups' outputs too when ``followups``: their stages then run on split 0)."""
+    (the later methods' outputs too when ``later_methods``: their stages then run on split 0)."""
     for rel in ("data/raw/fashion_mnist/train.npz", "data/splits/fashion_mnist/split0.npz",
-                "data/splits/fashion_mnist/pool_val.npz",
+                "data/splits/fashion_mnist/pool_val.npz", "data/splits/fashion_mnist/summary.json",
                 "reports/report.md", "reports/summary.json", "reports/pretrain_loss.csv",
                 *(f"reports/figures/{f}.png" for f in ("group_accuracy", "pretrain_loss", "class_counts",
                                                         "bcl_w_by_group"))):
         (proj / rel).parent.mkdir(parents=True, exist_ok=True)
         (proj / rel).write_text(rel)
-    trained = [m for m, cls in METHODS.items() if followups or not cls.followup]
+    trained = [m for m in METHODS if later_methods or method_class(m).splits_key == "subsample.splits"]
     for m in trained:
         for rel in (f"models/{m}/split0.pt", f"reports/pretrain/{m}/split0.csv",
                     *([f"reports/pretrain/{m}/w_split0.csv"] if m.startswith("bcl") else [])):
@@ -190,7 +166,7 @@ def _edit(path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_dvc_status_sees_a_change_in_evaluate_code(tmp_path):
+def test_dvc_status_sees_a_code_change_in_exactly_the_stages_that_run_it(tmp_path):
     proj = make_project(tmp_path / "proj", TINY)
     _fake_outputs(proj)
     dvc(proj, "commit", "-f")
@@ -198,6 +174,14 @@ def test_dvc_status_sees_a_change_in_evaluate_code(tmp_path):
 
     _edit(proj / "sdclr/evaluate.py")  # in the evaluate stages' closure only
     assert _changed_stages(proj) == {f"evaluate-{m}@0" for m in ("random", "simclr", "sdclr", "sbid")}
+    dvc(proj, "commit", "-f")
+
+    # one method's module: its own pretraining and the report (which reads every method's settings)
+    _edit(proj / "sdclr/methods/sbid.py")
+    assert _changed_stages(proj) == {"pretrain-sbid@0", "report"}
+    dvc(proj, "commit", "-f")
+    _edit(proj / "sdclr/methods/sdclr.py")
+    assert _changed_stages(proj) == {"pretrain-sdclr@0", "report"}
     dvc(proj, "commit", "-f")
 
     _edit(proj / "sdclr/models/resnet.py")  # the ResNet: pretraining and every evaluation, random included
@@ -208,7 +192,7 @@ def test_dvc_status_sees_a_change_in_evaluate_code(tmp_path):
 
     # The negative control: without the models dep, the same edit goes unseen by evaluate-random.
     spec = yaml.safe_load((proj / "dvc.yaml").read_text())
-    spec["stages"]["evaluate-random"]["do"]["deps"].remove("sdclr/models")
+    spec["stages"]["evaluate-random"]["do"]["deps"].remove("sdclr/models/resnet.py")
     (proj / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     dvc(proj, "commit", "-f")
     _edit(proj / "sdclr/models/resnet.py")
@@ -216,15 +200,15 @@ def test_dvc_status_sees_a_change_in_evaluate_code(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_bcl_param_changes_only_bcls_stages_and_followups_are_off_by_default(tmp_path):
+def test_a_bcl_param_changes_only_bcls_stages_and_later_methods_are_off_by_default(tmp_path):
     """`dvc exp run -S bcl.beta=0.9` must re-run BCL-I and BCL-D (and the report, which shows
-    every param), nothing else; with the default `followups.splits: []` no follow-up stage exists."""
+    every param), nothing else; with the default `later_methods.splits: []` none of their stages exists."""
     default = make_project(tmp_path / "default", TINY)
     stages = dvc(default, "stage", "list", "--name-only").stdout.split()
     assert not [s for s in stages if any(m in s for m in ("simclr_ts", "bcl_i", "bcl_d"))], stages
 
-    proj = make_project(tmp_path / "proj", {**TINY, "followups": {"splits": [0]}})
-    _fake_outputs(proj, followups=True)
+    proj = make_project(tmp_path / "proj", {**TINY, "later_methods": {"splits": [0]}})
+    _fake_outputs(proj, later_methods=True)
     dvc(proj, "commit", "-f")
     assert _changed_stages(proj) == set()
     update_params(proj, {"bcl": {"beta": 0.9}})

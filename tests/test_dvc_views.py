@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from sdclr.methods import METHODS
-from tests.dvc_project import dvc, make_project
+from tests.dvc_project import dvc, make_project, splits_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL = ("random", *METHODS)
@@ -55,9 +55,7 @@ def project(tmp_path_factory) -> Path:
             path.write_text("\n".join(["epoch,loss,lr", *rows]) + "\n")
     splits = proj / "data/splits/fashion_mnist"
     splits.mkdir(parents=True)
-    shutil.copyfile(ROOT / "reports/figures/class_counts.png", splits / "class_counts.png")
-    (splits / "summary.json").write_text(json.dumps({"imbalance_ratio": 100, "pool_total": 100, "val_total": 10,
-                                                     "splits": [{"longtail_total": 50, "fewshot_total": 5}]}))
+    (splits / "summary.json").write_text(json.dumps(splits_summary()))
     write_report(reports / "metrics", reports / "pretrain", splits / "summary.json", load_params(proj / "params.yaml"),
                  reports, [])
     return proj

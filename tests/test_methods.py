@@ -7,7 +7,7 @@ import copy
 import torch
 
 from sdclr.losses import nt_xent
-from sdclr.methods import METHODS
+from sdclr.methods import METHODS, method_class
 from sdclr.models import DENSE, PRUNED, HeadSpec, build_model
 from sdclr.pruning import masked_convs
 
@@ -24,7 +24,7 @@ def _batch():
 def test_sdclr_sends_view_two_through_the_pruned_branch():
     torch.manual_seed(0)
     net = build_model(8, 1, [0.5], [0.25], HeadSpec(2, 16, 8))
-    method = METHODS["sdclr"](net, temperature=0.2, prune_ratio=0.5).configure(_fixed_views, channels_last=False)
+    method = method_class("sdclr")(net, temperature=0.2, prune_ratio=0.5).configure(_fixed_views, channels_last=False)
     method.train().on_epoch_start(0)
     images = _batch()
     loss, _ = method(images, torch.arange(8), torch.Generator())
@@ -46,7 +46,7 @@ def test_sdclr_sends_view_two_through_the_pruned_branch():
 def test_simclr_sends_both_views_through_the_dense_branch():
     torch.manual_seed(0)
     net = build_model(8, 1, [0.5], [0.25], HeadSpec(2, 16, 8))
-    method = METHODS["simclr"](net, temperature=0.2).configure(_fixed_views, channels_last=False).train()
+    method = method_class("simclr")(net, temperature=0.2).configure(_fixed_views, channels_last=False).train()
     images = _batch()
     loss, _ = method(images, torch.arange(8), torch.Generator())
     z1, z2 = net(torch.cat([_fixed_views(images, None)] * 2), branch=DENSE).chunk(2)
@@ -64,7 +64,7 @@ def test_every_method_uses_the_temperature_the_loop_sets():
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["model"].update(width=8, head_hidden=16, proj_dim=8)
     raw["sbid"].update(head_hidden=16, proj_dim=8, negatives=0)
-    for name, cls in METHODS.items():
+    for name, cls in ((m, method_class(m)) for m in METHODS):
         losses = []
         for built_with, set_to in ((0.5, None), (0.2, 0.5)):
             raw["pretrain"]["temperature"] = raw["sbid"]["temperature"] = built_with

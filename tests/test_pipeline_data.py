@@ -28,7 +28,6 @@ def test_data_stages_through_dvc_repro(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["val_total"] == 6000 and summary["pool_total"] == 54000
     assert [s["longtail_total"] for s in summary["splits"]] == [13399, 13399]
-    assert (out / "class_counts.png").stat().st_size > 5000
     for k in (0, 1):
         split = load_npz(out / f"split{k}.npz")
         assert set(split) == {"longtail", "balanced", "fewshot", "class_order"}

@@ -11,6 +11,7 @@ import pytest
 from sdclr.config import parse_params
 from sdclr.report import aggregate, compare, load_metrics, markdown_table, write_report
 from sdclr.stats import AGREES, DISAGREES, INCONCLUSIVE, paired_difference
+from tests.dvc_project import splits_summary
 
 
 def test_interval_is_student_t_over_the_paired_differences():
@@ -82,9 +83,7 @@ def _report(tmp_path: Path, raw_params: dict, dataset: str, table: dict) -> str:
     params = parse_params(raw_params)
     splits = tmp_path / "splits"
     splits.mkdir(parents=True, exist_ok=True)
-    (splits / "class_counts.png").write_bytes(b"png")
-    summary = {"imbalance_ratio": 100, "pool_total": 100, "val_total": 10,
-               "splits": [{"longtail_total": 50, "fewshot_total": 5}]}
+    summary = splits_summary()
     (splits / "summary.json").write_text(json.dumps(summary))
     out = tmp_path / "out"
     write_report(_write_metrics(tmp_path / "metrics", table), tmp_path / "none", splits / "summary.json", params, out, [])

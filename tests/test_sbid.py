@@ -10,7 +10,8 @@ from torch.nn import functional as F
 
 from sdclr.config import parse_params
 from sdclr.errors import ConfigError
-from sdclr.methods import METHODS, SingleBranchID
+from sdclr.methods import method_class
+from sdclr.methods.sbid import SingleBranchID
 from sdclr.models import build_model
 from tests.reference_ops import sqrt_self_distillation
 
@@ -111,10 +112,12 @@ def test_cutmix_step_runs_and_trains(raw_params):
 def test_params_schedule_and_fingerprint_inputs(raw_params):
     raw_params["sbid"].update(epochs=3, lr=1.0)
     params = parse_params(raw_params)
-    assert METHODS["sbid"].schedule(params) == (3, 1.0) and METHODS["sbid"].lr_key(params) == "sbid.lr"
-    assert METHODS["simclr"].schedule(params) == (params.pretrain.epochs, params.pretrain.lr)
-    assert METHODS["sbid"].shaping_params(params)["bank_update"] == params.sbid.bank_update
-    assert METHODS["sbid"].head_spec(params).last_bn is False and METHODS["sdclr"].head_spec(params).last_bn is True
+    sbid, simclr = method_class("sbid"), method_class("simclr")
+    assert (sbid.setting(params, "epochs"), sbid.setting(params, "lr")) == (3, 1.0)
+    assert sbid.setting_key(params, "lr") == "sbid.lr" and sbid.resolved_params(params) == {"sbid.epochs": 3, "sbid.lr": 1.0}
+    assert (simclr.setting(params, "epochs"), simclr.setting(params, "lr")) == (params.pretrain.epochs, params.pretrain.lr)
+    assert sbid.shaping_params(params)["sbid"]["bank_update"] == params.sbid.bank_update
+    assert method_class("sbid").head_spec(params).last_bn is False and method_class("sdclr").head_spec(params).last_bn is True
 
 
 @pytest.mark.parametrize("value,ok", [(0, True), (4096, True), ("all", True), (-1, False), ("most", False),

@@ -23,7 +23,8 @@ import yaml
 from sdclr import io, tracking
 from sdclr.config import parse_params
 from sdclr.io import load_npz
-from sdclr.train import ModelSpec, pretrain
+from sdclr.encoder_file import ModelSpec
+from sdclr.train import Job, Outputs, pretrain
 from tests.dvc_project import ROOT, project_env, stage_command
 from tests.test_pretrain import tiny_project  # noqa: F401  (a fixture)
 
@@ -81,7 +82,7 @@ def test_resuming_at_the_last_epoch_reports_the_restored_loss(tiny_project, tmp_
     params = parse_params(raw)
     images = load_npz(tiny_project / "data/raw/fashion_mnist/train.npz")["images"]
     longtail = load_npz(tiny_project / "data/splits/fashion_mnist/split0.npz")["longtail"]
-    args = (params, "simclr", 0, images, longtail, ModelSpec(1, [0.3], [0.3]), tmp_path / "a.pt", tmp_path / "c.ckpt")
+    args = (params, Job("simclr", 0, images, longtail, ModelSpec(1, [0.3], [0.3])), Outputs(tmp_path / "a.pt", tmp_path / "c.ckpt"))
     first = pretrain(*args)  # leaves its last-epoch checkpoint (the stage deletes it; a kill would not)
     again = pretrain(*args, log=lambda _: None)
     assert again.epochs_run == 0 and again.final_loss == first.final_loss

@@ -27,7 +27,6 @@ import numpy as np
 
 from sdclr.errors import DataError, ParamError
 from sdclr.io import atomic_dir, read_npz, save_npz, write_json
-from sdclr.plots import plot_class_counts
 
 GROUP_NAMES = ("major", "moderate", "minor")
 
@@ -184,7 +183,8 @@ def split_summary(split: Split, labels: np.ndarray, class_names: list[str]) -> d
 
 
 def write_splits(out_dir, labels, pool, val, splits, sub, seed, class_names) -> dict:
-    """Write index files, summary.json and the class-count figure into ``out_dir`` atomically."""
+    """Write the index files and summary.json into ``out_dir`` atomically (the report draws the
+    class counts from summary.json)."""
     summary = {
         "seed": seed,
         "num_classes": len(class_names),
@@ -205,7 +205,6 @@ def write_splits(out_dir, labels, pool, val, splits, sub, seed, class_names) -> 
                 longtail=s.longtail, balanced=s.balanced, fewshot=s.fewshot, class_order=s.class_order,
             )
         write_json(tmp / "summary.json", summary)
-        plot_class_counts(summary, tmp / "class_counts.png")
     return summary
 
 

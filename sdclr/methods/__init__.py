@@ -1,27 +1,35 @@
 """The registry of pretraining methods: one entry per method, everything else reads it.
 
-``METHODS`` is the one list of methods: the stages' ``--method`` choices, the report's
-row order, and the test that checks dvc.yaml has a ``pretrain-<name>`` and an
-``evaluate-<name>`` block declaring the params each method reads all come from it.
-Each class (:class:`sdclr.methods.base.Method`) owns what is specific to it.
+``REGISTRY`` is the one list of methods: the stages' ``--method`` choices, the report's
+row order and the stages in dvc.yaml (written from it by ``python -m sdclr.dvc_stages``)
+all come from it. Each class (:class:`sdclr.methods.base.Method`) declares what is specific
+to it. A class is imported only when asked for, so a pretrain stage imports — and DVC
+tracks — the module of its own method only: editing ``sbid.py`` re-runs sbid's stages.
 """
 
 from __future__ import annotations
 
+import importlib
+
 from sdclr.errors import ConfigError
 from sdclr.methods.base import Method
-from sdclr.methods.bcl import BCLD, BCLI
-from sdclr.methods.sbid import SingleBranchID
-from sdclr.methods.sdclr import SDCLR
-from sdclr.methods.simclr import SimCLR, SimCLRTS
 
-#: every pretraining method by its key, in the report's order; the follow-ups (issue 15) run
-#: only on ``followups.splits``
-METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, SDCLR, SingleBranchID, SimCLRTS, BCLI, BCLD)}
+#: every pretraining method: its key → ``module:Class``, in the report's order
+REGISTRY: dict[str, str] = {
+    "simclr": "sdclr.methods.simclr:SimCLR",
+    "sdclr": "sdclr.methods.sdclr:SDCLR",
+    "sbid": "sdclr.methods.sbid:SingleBranchID",
+    "simclr_ts": "sdclr.methods.simclr:SimCLRTS",
+    "bcl_i": "sdclr.methods.bcl:BCLI",
+    "bcl_d": "sdclr.methods.bcl:BCLD",
+}
+METHODS: tuple[str, ...] = tuple(REGISTRY)
 
 
 def method_class(name: str) -> type[Method]:
+    """The class registered under ``name`` (its module imported now)."""
     try:
-        return METHODS[name]
+        module, cls = REGISTRY[name].split(":")
     except KeyError:
         raise ConfigError(f"method {name!r} is not implemented; accepted: {', '.join(METHODS)}.") from None
+    return getattr(importlib.import_module(module), cls)

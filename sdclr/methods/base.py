@@ -7,10 +7,10 @@ message should name, which params its DVC stage reads); an instance does a whole
 training step in one ``forward`` call (all views, all branches) and returns the loss,
 which keeps DistributedDataParallel happy (one forward per backward).
 
-Adding a method: a module with a ``Method`` subclass, its entry in
-:data:`sdclr.methods.METHODS`, its params block in params.yaml/``sdclr.config`` if it has
-own params, and its ``pretrain-<name>``/``evaluate-<name>`` blocks in dvc.yaml (see
-docs/design.md).
+Adding a method: a module with a ``Method`` subclass that declares what it reads
+(``reads``, ``own_settings``, ``splits_key``), its entry in :data:`sdclr.methods.REGISTRY`,
+its params block in params.yaml and ``sdclr.config`` if it has own params; then
+``python -m sdclr.dvc_stages`` writes its stages into dvc.yaml (see docs/design.md).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from sdclr.config import Params
+from sdclr.config import Params, param
 from sdclr.models import HeadSpec
 
 #: the params every pretraining stage reads (dvc.yaml lists them, plus each method's own)
@@ -38,12 +38,21 @@ class Method(nn.Module):
     loss_metric: ClassVar[str] = "ntxent_loss"
     #: the params.yaml key of its contrastive temperature (named in error messages)
     temperature_key: ClassVar[str] = "pretrain.temperature"
-    #: params its pretrain stage reads beyond :data:`SHARED_STAGE_PARAMS` (dvc.yaml must list them)
-    own_stage_params: ClassVar[tuple[str, ...]] = ("model",)
     #: ``None``: τ follows ``pretrain.temperature_schedule``; ``"cosine"``: always TS's schedule
     temperature_schedule: ClassVar[str | None] = None
-    #: a follow-up of issue 15: its stages run on ``followups.splits`` (off by default)
-    followup: ClassVar[bool] = False
+
+    # ---- its declaration: everything below is derived from these three
+
+    #: params.yaml keys it reads beyond :data:`SHARED_STAGE_PARAMS`: its DVC params, its MLflow
+    #: params and (but for ``model``, whose shape the fingerprint has anyway) its resume fingerprint
+    reads: ClassVar[tuple[str, ...]] = ("model",)
+    #: shared settings (``epochs``, ``lr``, ``weight_decay``) it may take from a key of its own;
+    #: ``null`` at that key = the shared ``pretrain.<setting>``
+    own_settings: ClassVar[dict[str, str]] = {}
+    #: the params.yaml list of the splits its stages run on
+    splits_key: ClassVar[str] = "subsample.splits"
+    #: its pretrain stage writes :meth:`per_image_state` as a CSV (``--per-image``)
+    per_image: ClassVar[bool] = False
 
     #: the contrastive temperature in use (logged every epoch)
     temperature: float
@@ -72,35 +81,31 @@ class Method(nn.Module):
         return HeadSpec(depth=m.head_depth, hidden=m.head_hidden, out_dim=m.proj_dim)
 
     @classmethod
-    def schedule(cls, params: Params) -> tuple[int, float]:
-        """(epochs, peak lr): by default the shared ``pretrain`` values."""
-        return params.pretrain.epochs, params.pretrain.lr
+    def setting_key(cls, params: Params, setting: str) -> str:
+        """Where ``setting`` comes from: its own key when that is set, else ``pretrain.<setting>``
+        (named in error messages)."""
+        own = cls.own_settings.get(setting)
+        return own if own and param(params, own) is not None else f"pretrain.{setting}"
 
     @classmethod
-    def weight_decay(cls, params: Params) -> float:
-        """Its SGD weight decay: by default the shared ``pretrain.weight_decay``."""
-        return params.pretrain.weight_decay
-
-    @classmethod
-    def lr_key(cls, params: Params) -> str:
-        """The params.yaml key its peak lr comes from (named in error messages)."""
-        return "pretrain.lr"
-
-    @classmethod
-    def shaping_params(cls, params: Params) -> dict:
-        """Params beyond the shared ones that shape its training (part of the resume fingerprint)."""
-        return {}
+    def setting(cls, params: Params, setting: str):
+        """The value of a shared setting for this method (e.g. sbid's own epochs when set)."""
+        return param(params, cls.setting_key(params, setting))
 
     @classmethod
     def resolved_params(cls, params: Params) -> dict:
-        """Params whose value in params.yaml is a placeholder (``null`` = the shared value), as
-        used: what its MLflow run logs in their place."""
-        return {}
+        """Its own settings as used (a ``null`` replaced by the shared value): what MLflow logs for them."""
+        return {key: cls.setting(params, name) for name, key in cls.own_settings.items()}
+
+    @classmethod
+    def shaping_params(cls, params: Params) -> dict:
+        """The params it reads beyond the shared ones and the network's shape (resume fingerprint)."""
+        return {key: param(params, key) for key in cls.reads if not key.startswith("model")}
 
     @classmethod
     def stage_params(cls) -> tuple[str, ...]:
-        """Every param its pretrain stage reads: what its dvc.yaml block must declare."""
-        return (*SHARED_STAGE_PARAMS, *cls.own_stage_params)
+        """Every param its pretrain stage reads: what its dvc.yaml block declares."""
+        return (*SHARED_STAGE_PARAMS, *cls.reads)
 
     # ---- what an instance does
 

@@ -18,8 +18,6 @@ gathered global batch, so every rank holds the same scores and the same w.
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import torch
 
 from sdclr.data.randaugment import rand_augment
@@ -33,15 +31,20 @@ from sdclr.methods.simclr import SimCLR
 class Boosted:
     """BCL over a two-view method that provides ``encode(x1, x2)`` (mixed in before it)."""
 
-    followup = True
+    splits_key = "later_methods.splits"
+    per_image = True  # w and the score of every training image
     #: RandAugment ops per view
     ops: int
 
-    def _boost(self, bcl_params, num_samples: int) -> None:
-        self.scores = MemorizationScores(num_samples, bcl_params.beta)
-        self.rand_strength = bcl_params.rand_strength
-        self.boosting = False  # epoch 1: no scores yet
-        self.w = None  # per image, set at each epoch's start from the scores
+    @classmethod
+    def from_params(cls, params, net, num_samples):
+        """The base method as it builds itself, plus the memorisation scores and BCL's settings."""
+        method = super().from_params(params, net, num_samples)
+        method.scores = MemorizationScores(num_samples, params.bcl.beta)
+        method.rand_strength = params.bcl.rand_strength
+        method.boosting = False  # epoch 1: no scores yet
+        method.w = None  # per image, set at each epoch's start from the scores
+        return method
 
     def on_epoch_start(self, epoch):
         metrics = super().on_epoch_start(epoch)
@@ -69,66 +72,25 @@ class Boosted:
 
 
 class BCLI(Boosted, SimCLR):
-    """BCL-I: BCL on SimCLR, one RandAugment op per view."""
+    """BCL-I: BCL on SimCLR, one RandAugment op per view (official weight decay 5e-4)."""
 
     name = "bcl_i"
     ops = 1
-    own_stage_params = ("model", "bcl")
-
-    def __init__(self, net, temperature: float, bcl_params, num_samples: int):
-        SimCLR.__init__(self, net, temperature)
-        self._boost(bcl_params, num_samples)
-
-    @classmethod
-    def from_params(cls, params, net, num_samples):
-        return cls(net, params.pretrain.temperature, params.bcl, num_samples)
-
-    @classmethod
-    def shaping_params(cls, params):
-        return asdict(params.bcl)
-
-    @classmethod
-    def weight_decay(cls, params):
-        """BCL-I's own when set (official: 5e-4), else the shared one."""
-        wd = params.bcl.weight_decay_i
-        return params.pretrain.weight_decay if wd is None else wd
-
-    @classmethod
-    def resolved_params(cls, params):
-        return {"bcl.weight_decay_i": cls.weight_decay(params)}
+    reads = (*SimCLR.reads, "bcl")
+    own_settings = {"weight_decay": "bcl.weight_decay_i"}
 
     def magnitude(self, w, generator):
         return self.rand_strength * (1.0 + 2.0 * w) / 3.0
 
 
 class BCLD(Boosted, SDCLR):
-    """BCL-D: BCL on SDCLR (dense view 1, pruned view 2), two RandAugment ops per view."""
+    """BCL-D: BCL on SDCLR (dense view 1, pruned view 2), two RandAugment ops per view (official
+    weight decay 1e-4)."""
 
     name = "bcl_d"
     ops = 2
-    own_stage_params = ("model", "prune_ratio", "bcl")
-
-    def __init__(self, net, temperature: float, prune_ratio: float, bcl_params, num_samples: int):
-        SDCLR.__init__(self, net, temperature, prune_ratio)
-        self._boost(bcl_params, num_samples)
-
-    @classmethod
-    def from_params(cls, params, net, num_samples):
-        return cls(net, params.pretrain.temperature, params.prune_ratio, params.bcl, num_samples)
-
-    @classmethod
-    def shaping_params(cls, params):
-        return {"prune_ratio": params.prune_ratio, **asdict(params.bcl)}
-
-    @classmethod
-    def weight_decay(cls, params):
-        """BCL-D's own when set (official: 1e-4), else the shared one."""
-        wd = params.bcl.weight_decay_d
-        return params.pretrain.weight_decay if wd is None else wd
-
-    @classmethod
-    def resolved_params(cls, params):
-        return {"bcl.weight_decay_d": cls.weight_decay(params)}
+    reads = (*SDCLR.reads, "bcl")
+    own_settings = {"weight_decay": "bcl.weight_decay_d"}
 
     def magnitude(self, w, generator):
         u = torch.rand(w.shape, generator=generator, device=w.device)  # per image, shared by both views

@@ -12,8 +12,6 @@ it travels with the method's ``state_dict`` into resume checkpoints.
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import torch
 from torch.nn import functional as F
 
@@ -26,11 +24,15 @@ from sdclr.models import HeadSpec
 
 
 class SingleBranchID(Method):
+    """Single-branch instance discrimination (Cao & Wu 2024): one view against a memory bank, with
+    its own head (``sbid.*``), so of ``model`` it reads only the width."""
+
     name = "sbid"
     views_per_image = 1
     temperature_key = "sbid.temperature"
     loss_metric = "bank_loss"  # bank cross-entropy + λ · self-distillation
-    own_stage_params = ("model.width", "sbid")  # its head is sbid's own, not model.head_*
+    reads = ("model.width", "sbid")  # its head is sbid's own, not model.head_*
+    own_settings = {"epochs": "sbid.epochs", "lr": "sbid.lr"}  # Cao & Wu: 200 epochs at lr 1.0
 
     def __init__(self, net, sbid_params, num_samples: int):
         super().__init__(net)
@@ -47,24 +49,6 @@ class SingleBranchID(Method):
     def head_spec(cls, params):
         """feat→hidden→BN→ReLU→hidden→BN→ReLU→proj_dim, no last BN (Cao & Wu)."""
         return HeadSpec(depth=3, hidden=params.sbid.head_hidden, out_dim=params.sbid.proj_dim, last_bn=False)
-
-    @classmethod
-    def schedule(cls, params):
-        """Its own epochs and lr when set (Cao & Wu: 200 epochs at lr 1.0), else the shared ones."""
-        return params.sbid.epochs or params.pretrain.epochs, params.sbid.lr or params.pretrain.lr
-
-    @classmethod
-    def resolved_params(cls, params):
-        epochs, lr = cls.schedule(params)
-        return {"sbid.epochs": epochs, "sbid.lr": lr}
-
-    @classmethod
-    def lr_key(cls, params):
-        return "sbid.lr" if params.sbid.lr else "pretrain.lr"
-
-    @classmethod
-    def shaping_params(cls, params):
-        return asdict(params.sbid)
 
     @torch.no_grad()
     def initialise(self, data, generator, batch_size: int, positions=None) -> None:

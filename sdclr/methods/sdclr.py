@@ -16,8 +16,11 @@ from sdclr.pruning import mask_fingerprint, update_global_masks
 
 
 class SDCLR(Method):
+    """SDCLR (Jiang et al. 2021): view 1 through the dense network, view 2 through its pruned copy,
+    re-pruned from the current weights every epoch."""
+
     name = "sdclr"
-    own_stage_params = ("model", "prune_ratio")
+    reads = ("model", "prune_ratio")
 
     def __init__(self, net, temperature: float, prune_ratio: float):
         super().__init__(net)
@@ -27,10 +30,6 @@ class SDCLR(Method):
     @classmethod
     def from_params(cls, params, net, num_samples):
         return cls(net, params.pretrain.temperature, params.prune_ratio)
-
-    @classmethod
-    def shaping_params(cls, params):
-        return {"prune_ratio": params.prune_ratio}
 
     def on_epoch_start(self, epoch):
         sparsity = update_global_masks(self.net, self.prune_ratio)

@@ -12,6 +12,8 @@ from sdclr.models import DENSE
 
 
 class SimCLR(Method):
+    """SimCLR (Chen et al. 2020): two views through the same dense network, NT-Xent between them."""
+
     name = "simclr"
 
     def __init__(self, net, temperature: float):
@@ -43,3 +45,4 @@ class SimCLRTS(SimCLR):
 
     name = "simclr_ts"
     temperature_schedule = "cosine"
+    splits_key = "later_methods.splits"

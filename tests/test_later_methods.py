@@ -1,4 +1,4 @@
-"""The follow-ups of issue 15: SimCLR + TS (simclr_ts), BCL-I (bcl_i) and BCL-D (bcl_d)."""
+"""The later methods: SimCLR + TS (simclr_ts), BCL-I (bcl_i) and BCL-D (bcl_d)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from sdclr.config import parse_params
 from sdclr.data.longtail import class_and_group
 from sdclr.io import load_npz
 from sdclr.losses import cosine_temperature, nt_xent, nt_xent_per_image
-from sdclr.methods import METHODS
+from sdclr.methods import METHODS, method_class
 from sdclr.report import bcl_weight_section, load_bcl_weights, scores
-from sdclr.train import ModelSpec, build, pretrain
+from sdclr.encoder_file import ModelSpec
+from sdclr.train import Job, Outputs, build, pretrain
 from tests.test_pretrain import tiny_project  # noqa: F401  (the fixture)
 
 
@@ -52,10 +53,10 @@ def test_per_image_ntxent_is_each_images_two_anchors_averaged():
 def test_bcl_magnitudes_follow_the_official_formulas():
     """rand_strength 30: BCL-I m = 10 + 20·w; BCL-D m = 5 + 25·w·U with one U ~ U(0, 1) per image."""
     w = torch.tensor([0.0, 0.25, 0.5, 1.0])
-    bcl_i = object.__new__(METHODS["bcl_i"])
+    bcl_i = object.__new__(method_class("bcl_i"))
     bcl_i.rand_strength = 30.0
     torch.testing.assert_close(bcl_i.magnitude(w, None), 10 + 20 * w)
-    bcl_d = object.__new__(METHODS["bcl_d"])
+    bcl_d = object.__new__(method_class("bcl_d"))
     bcl_d.rand_strength = 30.0
     m = bcl_d.magnitude(w, torch.Generator().manual_seed(3))
     u = torch.rand(4, generator=torch.Generator().manual_seed(3))
@@ -66,7 +67,7 @@ def _one_step(proj, method, w=None, epoch=0):
     """Build ``method`` on the tiny split, start ``epoch`` (optionally forcing every w), one step."""
     train, split = _data(proj)
     params = _params(proj)
-    t = build(params, method, 0, train["images"], split["longtail"], ModelSpec(1, [0.3], [0.3]))
+    t = build(params, Job(method, 0, train["images"], split["longtail"], ModelSpec(1, [0.3], [0.3])))
     t.method.train()
     t.method.on_epoch_start(epoch)
     if w is not None:
@@ -112,9 +113,10 @@ def test_bcl_stopped_and_resumed_equals_an_uninterrupted_run(tiny_project, tmp_p
             if stop is None and label == "resumed":
                 saved = checkpoint.load(d / "c.ckpt", "cpu")
                 assert int(saved["epoch"]) == 1 and "scores.score" in saved["method"]
-            pretrain(params, method, 0, train["images"], split["longtail"], ModelSpec(1, [0.3], [0.3]), d / "m.pt",
-                     d / "c.ckpt", d / "h.csv", d / "w.csv", class_and_group(labels, split["class_order"]),
-                     log=lambda _: None, stop_after_epoch=stop)
+            job = Job(method, 0, train["images"], split["longtail"], ModelSpec(1, [0.3], [0.3]))
+            outputs = Outputs(d / "m.pt", d / "c.ckpt", d / "h.csv", d / "w.csv",
+                              class_and_group(labels, split["class_order"]))
+            pretrain(params, job, outputs, log=lambda _: None, stop_after_epoch=stop)
         runs[label] = d
     a, b = (checkpoint.load(runs[k] / "m.pt", "cpu")["net"] for k in ("straight", "resumed"))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -133,8 +135,8 @@ def test_simclr_ts_follows_the_cosine_schedule_whatever_the_shared_setting(tiny_
     params = _params(tiny_project, epochs=2, temperature_schedule="constant", tau_min=0.1, tau_max=0.5,
                      period_epochs=4)
     history = tmp_path / "h.csv"
-    pretrain(params, "simclr_ts", 0, train["images"], split["longtail"], ModelSpec(1, [0.3], [0.3]),
-             tmp_path / "m.pt", tmp_path / "c.ckpt", history, log=lambda _: None)
+    pretrain(params, Job("simclr_ts", 0, train["images"], split["longtail"], ModelSpec(1, [0.3], [0.3])),
+             Outputs(tmp_path / "m.pt", tmp_path / "c.ckpt", history), log=lambda _: None)
     logged = pd.read_csv(history)["temperature"].tolist()
     assert logged == pytest.approx([cosine_temperature(e, 0.1, 0.5, 4) for e in (1, 2)], rel=1e-5)
     assert logged == pytest.approx([0.3, 0.1], rel=1e-5)  # not the constant pretrain.temperature
