@@ -68,7 +68,7 @@ def job(args) -> None:
     import torch
 
     from sdclr.data.device_data import channel_stats
-    from sdclr.data.longtail import groups_of, load_split
+    from sdclr.data.longtail import load_split
     from sdclr.evaluate import evaluate_encoder
     from sdclr.io import load_raw, write_json
     from sdclr.methods import Method
@@ -102,8 +102,7 @@ def job(args) -> None:
         net = load_encoder(encoder)[0]
         encoder.unlink()  # 45 MB at width 64: the metrics are what comes back
     t1 = time.perf_counter()
-    metrics = evaluate_encoder(net.to(device).eval(), train["images"], train["labels"], test["images"], test["labels"],
-                               split, groups_of(split["class_order"]), params.evaluate, params.seed, device)
+    metrics = evaluate_encoder(net.to(device).eval(), train, test, split, params.evaluate, params.seed, device)
     metrics.update(method=args.method, split=args.split, dataset=params.data.dataset,
                    numerics=describe(params.numerics, device))
     write_json(out / "metrics" / args.method / f"split{args.split}.json", metrics)

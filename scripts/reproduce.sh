@@ -4,11 +4,13 @@
 #   bash scripts/reproduce.sh --jobs 1                # one stage at a time (the same bytes, in portable numerics)
 #   bash scripts/reproduce.sh --preset cifar10_paper  # merge presets/cifar10_paper.yaml into params.yaml first
 #   bash scripts/reproduce.sh report                  # only what the named stage(s) need
-# --jobs N: at most N stages at once (default: the cores, or one per visible GPU); see sdclr/parallel.py.
+# --jobs N: at most N stages at once (default: the cores, or one per visible GPU); --per-gpu K: K stages
+# share each GPU; see sdclr/parallel.py.
 # Arguments starting with '-' other than these go to a plain, sequential `dvc repro`.
 set -euo pipefail
 preset=""
 jobs=0
+per_gpu=1
 targets=()
 dvc_args=()
 while [ $# -gt 0 ]; do
@@ -17,6 +19,8 @@ while [ $# -gt 0 ]; do
     --preset=*) preset="${1#--preset=}"; shift ;;
     --jobs|-j) jobs="${2:?--jobs needs a number, e.g. 2}"; shift 2 ;;
     --jobs=*) jobs="${1#--jobs=}"; shift ;;
+    --per-gpu) per_gpu="${2:?--per-gpu needs a number, e.g. 2}"; shift 2 ;;
+    --per-gpu=*) per_gpu="${1#--per-gpu=}"; shift ;;
     -*) dvc_args+=("$1"); shift ;;
     *) targets+=("$1"); shift ;;
   esac
@@ -28,6 +32,6 @@ fi
 if [ ${#dvc_args[@]} -gt 0 ]; then
   dvc repro "${dvc_args[@]}" ${targets[@]+"${targets[@]}"}
 else
-  python -m sdclr.parallel --jobs "$jobs" ${targets[@]+"${targets[@]}"}
+  python -m sdclr.parallel --jobs "$jobs" --per-gpu "$per_gpu" ${targets[@]+"${targets[@]}"}
 fi
 python -m sdclr.compare

@@ -24,7 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sdclr.config import EvaluateParams, ProbeParams
 from sdclr.data.device_data import to_device_uint8
+from sdclr.data.longtail import groups_of
 from sdclr.metrics import group_report, per_class_accuracy
 
 #: the params an evaluate stage reads (dvc.yaml lists them; ``evaluate-random`` adds ``model``,
@@ -79,13 +81,24 @@ def _probe_step(head: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tens
     opt.step()
 
 
+@dataclass
+class Heldout:
+    """What a probe is selected and scored on: validation features and labels, test features
+    (never test labels), and the number of classes."""
+
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    num_classes: int
+
+
 class _BestOnValidation:
     """Model selection shared by both probes: after each epoch, score the head on validation
-    (mean per-class accuracy) and keep the test predictions of the best epoch so far; test
-    labels are never looked at here."""
+    (mean per-class accuracy) and keep the test predictions of the best epoch so far."""
 
-    def __init__(self, val_x: torch.Tensor, val_y: torch.Tensor, test_x: torch.Tensor, num_classes: int):
-        self.val_x, self.val_y, self.test_x, self.num_classes = val_x, val_y, test_x, num_classes
+    def __init__(self, heldout: Heldout, device):
+        self.val_x, self.val_y = heldout.val_x.to(device), heldout.val_y
+        self.test_x, self.num_classes = heldout.test_x.to(device), heldout.num_classes
         self.best = (-1.0, 0, None)
         self.curve: list[float] = []
 
@@ -101,11 +114,8 @@ class _BestOnValidation:
         return ProbeResult(best_epoch=epoch, val_accuracy=acc, test_pred=pred, val_curve=self.curve)
 
 
-def linear_probe(
-    train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
-    test_x: torch.Tensor, num_classes: int, epochs: int, lr: float, weight_decay: float,
-    batch_size: int, seed: int,
-) -> ProbeResult:
+def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, heldout: Heldout, probe: ProbeParams, epochs: int,
+                 seed: int) -> ProbeResult:
     """Softmax regression on standardised frozen features, SGD + cosine schedule, on the features' device.
 
     Model selection: the epoch with the best validation mean per-class accuracy; its
@@ -113,15 +123,16 @@ def linear_probe(
     """
     mu, sigma = train_x.mean(0, keepdim=True), train_x.std(0, keepdim=True).clamp_min(1e-6)
     norm = lambda x: (x - mu) / sigma  # noqa: E731
-    tx, vx, sx = norm(train_x), norm(val_x), norm(test_x)
+    tx = norm(train_x)
     g = torch.Generator().manual_seed(seed)
-    head = _linear_head(tx.shape[1], num_classes, g, tx.device)
-    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    head = _linear_head(tx.shape[1], heldout.num_classes, g, tx.device)
+    opt = torch.optim.SGD(head.parameters(), lr=probe.lr, momentum=0.9, weight_decay=probe.weight_decay)
     n = len(tx)
-    bs = min(batch_size, n)
+    bs = min(probe.batch_size, n)
     steps = math.ceil(n / bs) * epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-    selection = _BestOnValidation(vx, val_y, sx, num_classes)
+    selection = _BestOnValidation(Heldout(norm(heldout.val_x), heldout.val_y, norm(heldout.test_x),
+                                          heldout.num_classes), tx.device)
     for epoch in range(epochs):
         perm = torch.randperm(n, generator=g).to(tx.device)
         for start in range(0, n, bs):
@@ -150,11 +161,8 @@ def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> t
     return out.permute(0, 3, 1, 2)  # advanced indexing put the channel dim last
 
 
-def authors_probe(
-    net, images_nhwc: np.ndarray, labels: np.ndarray, val_x: torch.Tensor, val_y: torch.Tensor,
-    test_x: torch.Tensor, num_classes: int, epochs: int, milestones: list[int], lr: float,
-    weight_decay: float, batch_size: int, seed: int, device: torch.device, pad: int = 4,
-) -> ProbeResult:
+def authors_probe(net, images_nhwc: np.ndarray, labels: np.ndarray, heldout: Heldout, probe: ProbeParams,
+                  epochs: int, milestones: list[int], seed: int, device: torch.device, pad: int = 4) -> ProbeResult:
     """The SDCLR authors' linear evaluation: a linear layer on the frozen backbone.
 
     Training images are re-augmented every epoch (random crop with 4-pixel zero padding,
@@ -164,13 +172,13 @@ def authors_probe(
     """
     net.eval().to(memory_format=torch.channels_last)
     g = torch.Generator().manual_seed(seed)
-    head = _linear_head(val_x.shape[1], num_classes, g, device)
-    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    head = _linear_head(heldout.val_x.shape[1], heldout.num_classes, g, device)
+    opt = torch.optim.SGD(head.parameters(), lr=probe.lr, momentum=0.9, weight_decay=probe.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=0.1)
     data = to_device_uint8(images_nhwc, device)
     y = torch.from_numpy(labels).to(device)
-    selection = _BestOnValidation(val_x.to(device), val_y, test_x.to(device), num_classes)
-    n, bs = len(data), min(batch_size, len(data))
+    selection = _BestOnValidation(heldout, device)
+    n, bs = len(data), min(probe.batch_size, len(data))
     for epoch in range(epochs):
         for idx in torch.randperm(n, generator=g).to(device).split(bs):
             with torch.no_grad():
@@ -212,9 +220,15 @@ def full_fp32():
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def evaluate_encoder(net, images_train, labels_train, images_test, labels_test, split: dict, groups: dict,
-                     eval_params, seed: int, device: torch.device, log=print) -> dict:
-    """All probes of one encoder on one split → metrics dict (see module docstring), in fp32."""
+def evaluate_encoder(net, train: dict, test: dict, split: dict, eval_params: EvaluateParams, seed: int,
+                     device: torch.device, log=print) -> dict:
+    """All probes of one encoder on one split → metrics dict (see module docstring), in fp32.
+
+    ``train`` and ``test`` are the dataset's parts (``images`` uint8 N×H×W×C, ``labels``);
+    ``split`` the split's index arrays (:func:`sdclr.data.longtail.load_split`).
+    """
+    images_train, labels_train, labels_test = train["images"], train["labels"], test["labels"]
+    groups = groups_of(split["class_order"])
     with full_fp32():  # the probes run where the encoder is; on a GPU, in true fp32
         num_classes = int(labels_train.max()) + 1
         pool, val, fewshot = split["pool"], split["val"], split["fewshot"]
@@ -222,9 +236,9 @@ def evaluate_encoder(net, images_train, labels_train, images_test, labels_test, 
         log("extracting features (pool, validation, test)...")
         feats_pool = extract_features(net, images_train[pool], device, bs)
         feats_val = extract_features(net, images_train[val], device, bs)
-        feats_test = extract_features(net, images_test, device, bs)
+        feats_test = extract_features(net, test["images"], device, bs)
         y_pool = torch.from_numpy(labels_train[pool]).to(device)
-        y_val = torch.from_numpy(labels_train[val]).to(device)
+        heldout = Heldout(feats_val, torch.from_numpy(labels_train[val]).to(device), feats_test, num_classes)
         few_pos = torch.from_numpy(np.searchsorted(pool, fewshot)).to(device)  # S_b ⊂ pool: its rows in the pool features
 
         out = {"num_classes": num_classes, "groups": groups, "feature_dim": int(feats_pool.shape[1])}
@@ -236,11 +250,10 @@ def evaluate_encoder(net, images_train, labels_train, images_test, labels_test, 
         for name, (rows, in_pool, epochs, milestones) in settings.items():
             log(f"linear probe {name} ({p.protocol}): {len(rows)} training images, {epochs} epochs")
             if p.protocol == "authors":
-                res = authors_probe(net, images_train[rows], labels_train[rows], feats_val, y_val, feats_test,
-                                    num_classes, epochs, milestones, p.lr, p.weight_decay, p.batch_size, seed, device)
+                res = authors_probe(net, images_train[rows], labels_train[rows], heldout, p, epochs, milestones, seed,
+                                    device)
             else:
-                res = linear_probe(feats_pool[in_pool], y_pool[in_pool], feats_val, y_val, feats_test, num_classes,
-                                   epochs, p.lr, p.weight_decay, p.batch_size, seed)
+                res = linear_probe(feats_pool[in_pool], y_pool[in_pool], heldout, p, epochs, seed)
             pc = per_class_accuracy(res.test_pred, labels_test, num_classes)
             out[name] = {**group_report(pc, groups), "best_epoch": res.best_epoch,
                          "val_accuracy": res.val_accuracy, "train_size": len(rows), "val_curve": res.val_curve}

@@ -133,10 +133,6 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    return _file_digest(path, hashlib.sha256(), chunk)
-
-
 def md5_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """The md5 DVC records for a file in dvc.lock (what links a model file to its MLflow run)."""
     return _file_digest(path, hashlib.md5(), chunk)

@@ -19,7 +19,7 @@ import torch
 from sdclr import cost, tracking
 from sdclr.config import as_flat_dict
 from sdclr.data.device_data import channel_stats
-from sdclr.data.longtail import groups_of, load_split, split_file
+from sdclr.data.longtail import load_split, split_file
 from sdclr.device import resolve_device
 from sdclr.encoder_file import load_encoder
 from sdclr.errors import ConfigError
@@ -61,9 +61,7 @@ def main(params, args):
     with tracking.Run(experiment, f"evaluate-{args.method}-split{args.split}", logged, tags, "stages/evaluate.py",
                       parent_run_id=parent) as run:
         t0 = time.perf_counter()
-        metrics = evaluate_encoder(net.to(device).eval(), train["images"], train["labels"], test["images"],
-                                   test["labels"], split, groups_of(split["class_order"]), params.evaluate,
-                                   params.seed, device)
+        metrics = evaluate_encoder(net.to(device).eval(), train, test, split, params.evaluate, params.seed, device)
         metrics.update(method=args.method, split=args.split, dataset=params.data.dataset, numerics=machine["numerics"])
         write_json(args.out, metrics)
         seconds = time.perf_counter() - t0

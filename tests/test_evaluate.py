@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from sdclr.data.longtail import class_groups, groups_of
-from sdclr.evaluate import authors_probe, knn_predict, linear_probe, random_crop_flip
+from sdclr.config import ProbeParams
+from sdclr.evaluate import Heldout, authors_probe, knn_predict, linear_probe, random_crop_flip
 from sdclr.metrics import group_report, per_class_accuracy
 
 
@@ -53,11 +54,16 @@ def _separable(n_per_class=60, classes=5, dim=16, seed=0):
     return x, y
 
 
+def _probe(lr=0.1, batch_size=64) -> ProbeParams:
+    return ProbeParams(protocol="features", lr=lr, weight_decay=0.0, batch_size=batch_size, full_shot_epochs=1,
+                       few_shot_epochs=1, full_shot_milestones=[], few_shot_milestones=[])
+
+
 def test_linear_probe_separates_separable_features():
     x, y = _separable()
     vx, vy = _separable(seed=1)
     tx, ty = _separable(seed=2)
-    res = linear_probe(x, y, vx, vy, tx, 5, epochs=20, lr=0.1, weight_decay=0.0, batch_size=64, seed=0)
+    res = linear_probe(x, y, Heldout(vx, vy, tx, 5), _probe(), epochs=20, seed=0)
     assert (res.test_pred == ty.numpy()).mean() > 0.98
     assert 1 <= res.best_epoch <= 20 and len(res.val_curve) == 20
 
@@ -68,8 +74,8 @@ def test_linear_probe_is_at_chance_on_shuffled_labels():
     tx, ty = _separable(seed=2)
     g = torch.Generator().manual_seed(3)
     shuffled = y[torch.randperm(len(y), generator=g)]
-    res = linear_probe(x, shuffled, vx, vy[torch.randperm(len(vy), generator=g)], tx, 5, epochs=20, lr=0.1,
-                       weight_decay=0.0, batch_size=64, seed=0)
+    heldout = Heldout(vx, vy[torch.randperm(len(vy), generator=g)], tx, 5)
+    res = linear_probe(x, shuffled, heldout, _probe(), epochs=20, seed=0)
     assert abs((res.test_pred == ty.numpy()).mean() - 0.2) < 0.12  # 5 classes: chance is 0.2
 
 
@@ -117,8 +123,8 @@ def test_authors_probe_learns_through_a_frozen_backbone():
         fv = net.features(torch.from_numpy(xv).permute(0, 3, 1, 2).float() / 255)
         ft = net.features(torch.from_numpy(xt).permute(0, 3, 1, 2).float() / 255)
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    res = authors_probe(net, xtr, ytr, fv, torch.from_numpy(yv), ft, 3, epochs=8, milestones=[6], lr=1.0,
-                        weight_decay=0.0, batch_size=32, seed=0, device=torch.device("cpu"))
+    res = authors_probe(net, xtr, ytr, Heldout(fv, torch.from_numpy(yv), ft, 3), _probe(lr=1.0, batch_size=32),
+                        epochs=8, milestones=[6], seed=0, device=torch.device("cpu"))
     assert (res.test_pred == yt).mean() > 0.9
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # the backbone stays frozen
 
@@ -159,8 +165,9 @@ def _tiny_evaluation(device: torch.device) -> dict:
     probe = SimpleNamespace(protocol="features", lr=0.1, weight_decay=0.0, batch_size=32, full_shot_epochs=5,
                             few_shot_epochs=8, full_shot_milestones=[], few_shot_milestones=[])
     params = SimpleNamespace(feature_batch_size=64, knn_k=10, knn_temperature=0.1, probe=probe)
-    return evaluate_encoder(net, images, y, images, y, split, groups_of([0, 1, 2]), params, seed=0, device=device,
-                            log=lambda m: None)
+    split["class_order"] = np.arange(3)
+    data = {"images": images, "labels": y}
+    return evaluate_encoder(net, data, data, split, params, seed=0, device=device, log=lambda m: None)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on the GPU machine)")
