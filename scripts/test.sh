@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up, then run the test suite (extra arguments go to pytest).
+# Set up, then run the test suite over every core (pytest-xdist; extra arguments go to pytest, e.g. -n 0
+# for one process or -k to choose tests).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
-python -m pytest "$@"
+python -m pytest -n auto --dist worksteal "$@"

@@ -41,3 +41,7 @@ class TrainingError(SdclrError):
 
 class TrackingError(SdclrError):
     """The MLflow tracking store cannot be reached or opened."""
+
+
+class OutputError(SdclrError):
+    """An output cannot be written: a full disk, a file-size limit or a quota."""

@@ -16,6 +16,7 @@ against the checksums the download stage recorded before anything uses them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import io
@@ -30,9 +31,19 @@ from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 
-from sdclr.errors import DataError
+from sdclr.errors import DataError, OutputError
 
 _FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+#: the write errors that mean "no room": a full disk, a file-size limit (``ulimit -f``), a quota
+NO_ROOM = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def no_room(path, error: OSError) -> OutputError:
+    """The one sentence for a write that found no room (``error.errno`` in :data:`NO_ROOM`)."""
+    return OutputError(f"{path} could not be written: {error.strerror or errno.errorcode.get(error.errno)} "
+                       f"({errno.errorcode.get(error.errno, error.errno)}); the previous {Path(path).name} and "
+                       "every earlier output are kept and no partial file is left: free space (or raise the "
+                       "file-size limit or quota) and run the stage again.")
 
 
 @contextlib.contextmanager
@@ -47,6 +58,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as e:
+        if e.errno in NO_ROOM:
+            raise no_room(path, e) from None
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -63,7 +78,12 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as e:
+            if e.errno in NO_ROOM:
+                raise no_room(path, e) from None
+            raise
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old")

@@ -18,7 +18,7 @@ from typing import Callable
 from sdclr import numerics
 from sdclr.config import Params, load_params
 from sdclr.errors import ParamError, SdclrError
-from sdclr.io import remove_stale_temps
+from sdclr.io import NO_ROOM, no_room, remove_stale_temps
 
 
 def run_stage(
@@ -56,6 +56,11 @@ def run_stage(
         if isinstance(e, ParamError):  # found after loading (e.g. in training): name the file actually read
             e.params_file = str(args.params)
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:  # a write outside the atomic writers (e.g. the tracking store) that found no room
+        if e.errno not in NO_ROOM:
+            raise
+        print(f"error: {no_room(e.filename or 'an output', e)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: outputs already written are kept; re-run to resume.", file=sys.stderr)

@@ -3,7 +3,9 @@
 The suite runs with the portable kernels (AVX2), pinned here before anything imports
 torch: its numbers are then the same on every x86-64 CPU, and a stage called in-process
 passes the pin check of :func:`sdclr.numerics.apply`. The thread count is left to each
-test (a stage run in a subprocess pins its own).
+test (a stage run in a subprocess pins its own); under pytest-xdist (``scripts/test.sh``
+runs one worker per core) each worker's torch gets its share of the cores, so the workers
+do not oversubscribe them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ from sdclr.numerics import PORTABLE_ENV, has_avx2
 if has_avx2() and any(os.environ.get(k) != v for k, v in PORTABLE_ENV.items()):  # (test modules re-import it)
     assert "torch" not in sys.modules, "tests/conftest.py must pin the kernels before torch is imported"
     os.environ.update(PORTABLE_ENV)
+
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1 and "torch" not in sys.modules:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _workers)))
 
 import numpy as np
 import pytest

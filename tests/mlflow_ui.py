@@ -80,7 +80,7 @@ def tags_of(entity: dict) -> dict[str, str]:
 
 def check_runs_view(server: Server, experiment: str, methods: tuple[str, ...], model_md5: dict[str, str],
                     splits: tuple[int, ...] = (0,)) -> dict:
-    """What the MLflow issue promises, through the REST API a browser uses; returns the experiment.
+    """What the runs table must show a researcher, through the REST API a browser uses; returns the experiment.
 
     1. the experiment opens on its runs table (workflow kind: model development);
     2. each run logs the method and only the params its stage reads, resolved; standard source tags,

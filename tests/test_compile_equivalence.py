@@ -1,6 +1,6 @@
 """torch.compile changes the speed of training, never what it learns.
 
-The issue's requirement: with ``pretrain.compile`` on (the network's forward and the
+The requirement: with ``pretrain.compile`` on (the network's forward and the
 augmentation's pure transform compiled, :func:`sdclr.train.build`), the loss curve is the
 plain path's to within float noise over 50 steps from the same seed, compared here on the
 CPU in fp32 (``amp: off``, ``channels_last: off``) through the training code itself
