@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -110,13 +111,16 @@ def job(args) -> None:
     print("JOB " + json.dumps(record), flush=True)
 
 
-def _launch(args, method: str, split: int, out: Path, extra: list[str] = ()) -> subprocess.Popen:
+def _launch(args, method: str, split: int, out: Path, extra: list[str] = (), share: int = 1) -> subprocess.Popen:
+    """One job in its own process, with its ``1/share`` of the CPU threads (jobs side by side must not
+    oversubscribe the cores: two 2-thread CPU trainings on 2 cores ran at half one's rate together)."""
     cmd = [sys.executable, __file__, "job", "--method", method, "--split", str(split), "--preset", args.preset,
            "--device", args.device, "--raw", str(args.raw), "--splits", str(args.splits), "--out", str(out), *extra]
     for item in args.set:
         cmd += ["--set", item]
     log = open(out / "logs" / f"{method}-split{split}.log", "w")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, len(os.sched_getaffinity(0)) // share))}
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
 
 
 def _job_record(out: Path, method: str, split: int) -> dict | None:
@@ -137,7 +141,7 @@ def run(args) -> None:
         while todo or running:
             while todo and len(running) < args.concurrent and time.time() - start < args.deadline:
                 key = todo.pop(0)
-                running[key] = _launch(args, *key, out)
+                running[key] = _launch(args, *key, out, share=args.concurrent)
                 print(f"[{time.time() - start:5.0f}s] start {key[0]} split {key[1]}", flush=True)
             if todo and time.time() - start >= args.deadline and not running:
                 break
@@ -163,7 +167,7 @@ def sweep(args) -> None:
         work = Path(tempfile.mkdtemp())
         (work / "logs").mkdir()
         t0 = time.time()
-        procs = [_launch(args, "simclr", s % 5, work, ["--pretrain-only"]) for s in range(n)]
+        procs = [_launch(args, "simclr", s % 5, work, ["--pretrain-only"], share=n) for s in range(n)]
         codes = [p.wait() for p in procs]
         wall = time.time() - t0
         recs = [_job_record(work, "simclr", s % 5) for s in range(n)]

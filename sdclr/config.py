@@ -116,6 +116,9 @@ class SubsampleParams:
     val_per_class: int = _p(positive("a positive integer"), "balanced validation images held out per class")
     imbalance_ratio: float = _p(_range(lo=1, what="a number"), "r: largest class / smallest class")
     n_max: Optional[int] = _p(positive("a positive integer or null"), "images of the largest class; null = per-class pool size")
+    pool_per_class: Optional[int] = _p(positive("a positive integer or null"),
+                                       "cap on the balanced pool per class (the full-shot probe's data and kNN's "
+                                       "memory); null = every image not held out (the recipe)")
     splits: list[int] = _p(_distinct_ids, "ids of the independent long-tail draws")
     few_shot_fraction: float = _p(_range(lo=0, hi=1, lo_open=True, what="a fraction"), "S_b size per class, as a fraction of the pool")
 

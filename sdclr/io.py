@@ -40,10 +40,12 @@ NO_ROOM = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 def no_room(path, error: OSError) -> OutputError:
     """The one sentence for a write that found no room (``error.errno`` in :data:`NO_ROOM`)."""
-    return OutputError(f"{path} could not be written: {error.strerror or errno.errorcode.get(error.errno)} "
-                       f"({errno.errorcode.get(error.errno, error.errno)}); the previous {Path(path).name} and "
-                       "every earlier output are kept and no partial file is left: free space (or raise the "
-                       "file-size limit or quota) and run the stage again.")
+    out = OutputError(f"{path} could not be written: {error.strerror or errno.errorcode.get(error.errno)} "
+                      f"({errno.errorcode.get(error.errno, error.errno)}); the previous {Path(path).name} and "
+                      "every earlier output are kept and no partial file is left: free space (or raise the "
+                      "file-size limit or quota) and run the stage again.")
+    out.cause = error
+    return out
 
 
 @contextlib.contextmanager
@@ -80,6 +82,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     try:
         try:
             yield tmp
+        except OutputError as e:  # a file inside the folder: name the folder the user knows, not the temporary
+            raise no_room(path, e.cause) from None
         except OSError as e:
             if e.errno in NO_ROOM:
                 raise no_room(path, e) from None

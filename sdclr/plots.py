@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sdclr.io import atomic_path
+
 
 def _pyplot():
     import matplotlib
@@ -42,5 +44,11 @@ def plot_class_counts(summary: dict, path: Path) -> None:
     fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=8, frameon=False,
                bbox_to_anchor=(0.5, 0.93))
     fig.tight_layout(rect=(0, 0, 1, 0.88))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> None:
+    """Write ``fig`` as a PNG atomically (a full disk leaves the previous figure, not half of one) and close it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    _pyplot().close(fig)

@@ -35,7 +35,7 @@ from sdclr.config import as_flat_dict
 from sdclr.errors import DataError
 from sdclr.io import write_bytes, write_json
 from sdclr.methods import METHODS, method_class
-from sdclr.plots import _pyplot, plot_class_counts
+from sdclr.plots import _pyplot, plot_class_counts, save_figure
 from sdclr.presets import PRESET_DIR
 from sdclr.stats import CONFIDENCE, paired_difference, splits_to_decide
 
@@ -335,8 +335,7 @@ def plot_group_bars(agg: dict, path: Path) -> None:
     axes[0].set_ylabel("test accuracy (%)" + (", ± std over splits" if n_splits >= 2 else ", one split"))
     _legend_outside(fig, axes[0], len(methods))
     fig.tight_layout(rect=(0, 0, 1, 0.92))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_loss_curves(history_root: Path, path: Path) -> bool:
@@ -353,8 +352,7 @@ def plot_loss_curves(history_root: Path, path: Path) -> bool:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
@@ -389,8 +387,7 @@ def bcl_weight_section(weights: pd.DataFrame, figure: Path) -> list[str]:
         ax.axis("off")
         ax.text(0.5, 0.5, "BCL did not run: later_methods.splits is empty (--preset later_methods runs it)",
                 ha="center", va="center", fontsize=9)
-        fig.savefig(figure, dpi=110)
-        plt.close(fig)
+        save_figure(fig, figure)
         return []
     methods = list(dict.fromkeys(weights["method"]))
     fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.6), sharey=True, squeeze=False)
@@ -402,8 +399,7 @@ def bcl_weight_section(weights: pd.DataFrame, figure: Path) -> list[str]:
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("w (RandAugment probability)")
     fig.tight_layout()
-    fig.savefig(figure, dpi=110)
-    plt.close(fig)
+    save_figure(fig, figure)
 
     lines = ["| method | Major | Moderate | Minor | Minor − Major | 95 % interval | splits | premise |", "|" + "---|" * 8]
     for m in methods:

@@ -14,7 +14,8 @@ from tests.conftest import balanced_labels
 
 
 def sub_params(**kw):
-    base = dict(val_per_class=500, imbalance_ratio=100.0, n_max=None, splits=[0, 1], few_shot_fraction=0.01)
+    base = dict(val_per_class=500, imbalance_ratio=100.0, n_max=None, pool_per_class=None, splits=[0, 1],
+                few_shot_fraction=0.01)
     base.update(kw)
     return SimpleNamespace(**base)
 
@@ -110,3 +111,15 @@ def test_impossible_sizes_are_one_sentence(kw, words):
         make_splits(labels, sub_params(**kw), seed=0)
     for w in words:
         assert w in str(info.value)
+
+
+def test_a_capped_pool_is_a_per_class_subset_of_the_whole_pool_and_leaves_validation_alone():
+    labels = balanced_labels(10, 600)
+    whole, val = hold_out_validation(labels, 60, seed=3)
+    capped, val_capped = hold_out_validation(labels, 60, seed=3, pool_per_class=100)
+    assert np.array_equal(val, val_capped) and set(capped) < set(whole)
+    assert np.bincount(labels[capped]).tolist() == [100] * 10
+    assert np.array_equal(hold_out_validation(labels, 60, seed=3, pool_per_class=None)[0], whole)
+    # the long-tail subsets are drawn from the capped pool (n_max defaults to its per-class size)
+    pool, _, splits = make_splits(labels, sub_params(val_per_class=60, pool_per_class=100, imbalance_ratio=10), 3)
+    assert set(splits[0].longtail) <= set(pool) and max(np.bincount(labels[splits[0].longtail])) == 100

@@ -25,7 +25,8 @@ pytestmark = [pytest.mark.slow,
 
 TINY = {
     "device": "cpu",
-    "subsample": {"val_per_class": 100, "n_max": 100, "imbalance_ratio": 10, "splits": [0, 1]},
+    "subsample": {"val_per_class": 100, "n_max": 100, "pool_per_class": 200, "imbalance_ratio": 10,
+                  "splits": [0, 1]},
     "model": {"width": 8, "head_hidden": 32, "proj_dim": 16},
     "pretrain": {"epochs": 1, "batch_size": 64, "warmup_epochs": 0},
     "sbid": {"head_hidden": 32, "proj_dim": 16},

@@ -91,8 +91,10 @@ class Split:
         return groups_of(self.class_order)
 
 
-def hold_out_validation(labels: np.ndarray, val_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Balanced validation hold-out → (pool indices, validation indices), both sorted."""
+def hold_out_validation(labels: np.ndarray, val_per_class: int, seed: int,
+                        pool_per_class: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Balanced validation hold-out → (pool indices, validation indices), both sorted; the pool is every
+    other image, or a random ``pool_per_class`` of each class (from the same permutation)."""
     rng = np.random.default_rng([seed, 0x5A11])
     num_classes = int(labels.max()) + 1
     pool, val = [], []
@@ -105,7 +107,7 @@ def hold_out_validation(labels: np.ndarray, val_per_class: int, seed: int) -> tu
             )
         idx = rng.permutation(idx)
         val.append(idx[:val_per_class])
-        pool.append(idx[val_per_class:])
+        pool.append(idx[val_per_class:][:pool_per_class])
     return np.sort(np.concatenate(pool)).astype(np.int64), np.sort(np.concatenate(val)).astype(np.int64)
 
 
@@ -157,7 +159,7 @@ def draw_split(
 
 def make_splits(labels: np.ndarray, sub, seed: int) -> tuple[np.ndarray, np.ndarray, list[Split]]:
     """Validation hold-out plus one :class:`Split` per id in ``sub.splits`` (SubsampleParams)."""
-    pool, val = hold_out_validation(labels, sub.val_per_class, seed)
+    pool, val = hold_out_validation(labels, sub.val_per_class, seed, sub.pool_per_class)
     splits = [
         draw_split(labels, pool, k, sub.imbalance_ratio, sub.n_max, sub.few_shot_fraction, seed)
         for k in sub.splits
@@ -191,6 +193,7 @@ def write_splits(out_dir, labels, pool, val, splits, sub, seed, class_names) -> 
         "class_names": class_names,
         "imbalance_ratio": sub.imbalance_ratio,
         "n_max": sub.n_max,
+        "pool_per_class": sub.pool_per_class,
         "val_per_class": sub.val_per_class,
         "few_shot_fraction": sub.few_shot_fraction,
         "pool_total": int(len(pool)),
