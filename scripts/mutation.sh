@@ -8,6 +8,9 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 python -m pip install --quiet "mutmut==3.8.1" 2> >(grep -v "^WARNING: Location" >&2)
 rm -rf mutants
+# mutmut forks a child per mutant from a process that has run torch: with an OpenMP thread pool the
+# children hang (GNU OpenMP is not fork-safe), so one thread
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 mutmut run --max-children "$(nproc)" "$@" > .mutmut-run.log 2>&1 || { tail -20 .mutmut-run.log; exit 1; }
 mutmut export-cicd-stats >/dev/null
 python - <<'PY'

@@ -33,6 +33,20 @@ ROOT = Path(__file__).resolve().parents[1]
 FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
+#: the longest test files, started first: with the suite over several workers (scripts/test.sh), none is
+#: then left running one of them alone at the end
+LONGEST_FIRST = ("test_pipeline_e2e.py", "test_compile_equivalence.py", "test_portable.py", "test_distributed.py",
+                 "test_pretrain.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        name = Path(str(item.fspath)).name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a file is kept
+
+
 @pytest.fixture(autouse=True)
 def _keep_thread_count():
     """A stage run in-process sets torch's threads (portable: 1); the next test gets its own back."""

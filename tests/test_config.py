@@ -27,7 +27,14 @@ def _set(d, dotted, value):
         d[last] = value
 
 
-_DELETE = object()
+class _Delete:
+    """The key is removed (a stable repr: pytest-xdist workers must collect the same test ids)."""
+
+    def __repr__(self) -> str:
+        return "<deleted>"
+
+
+_DELETE = _Delete()
 
 BAD = [
     # (dotted key, bad value, words the message must contain)

@@ -183,3 +183,15 @@ def test_evaluation_on_the_cpu_is_repeatable_and_learns():
     first, second = _tiny_evaluation(torch.device("cpu")), _tiny_evaluation(torch.device("cpu"))
     assert first == second
     assert first["full_shot"]["accuracy"] > 0.9 and first["few_shot"]["train_size"] == 30
+
+
+def test_flat_metrics_names_every_headline_number_once():
+    from sdclr.evaluate import flat_metrics
+
+    metrics = {kind: {"accuracy": a, "balancedness": b, "groups": {"major": a + 0.1, "moderate": a, "minor": a - 0.1}}
+               for kind, a, b in (("full_shot", 0.7, 0.05), ("few_shot", 0.6, 0.06), ("knn", 0.65, 0.07))}
+    flat = flat_metrics(metrics)
+    assert flat == {f"{kind}_{key}": value for kind, m in metrics.items()
+                    for key, value in (("accuracy", m["accuracy"]), ("balancedness", m["balancedness"]),
+                                       *m["groups"].items())}
+    assert len(flat) == 15 and flat["knn_minor"] == pytest.approx(0.55)

@@ -2,8 +2,10 @@
 
 Checks every stage's outputs, the report's tables and figures, and the MLflow runs
 (pretrain and evaluate per method, per-epoch metrics with steps). Then that a fresh clone
-of the committed results, reproduced from scratch, gives byte-identical outputs and leaves
-`git status` clean but for the machine-dependent reports/cost.json, and fills its own MLflow
+of the committed results, reproduced from scratch by the parallel runner (two stages at
+once, one thread each) where the first run was a sequential `dvc repro` under a two-thread
+parent, gives byte-identical outputs and `dvc.lock`, a clean `dvc status`, and a `git
+status` clean but for the machine-dependent reports/cost.json, and fills its own MLflow
 store with every row of the report, checked through a real `mlflow server`'s REST API (and
 a headless-Chromium screenshot of the runs table in test-artifacts/); and that a queued
 `-S prune_ratio=...` sweep run by two workers re-runs only SDCLR's stages and the report
@@ -46,10 +48,12 @@ METHODS = ("simclr", "sdclr", "sbid")
 def test_tiny_pipeline_end_to_end(tmp_path):
     import mlflow
 
+    from sdclr.parallel import run as run_in_parallel
+
     proj = make_project(tmp_path / "proj", TINY)
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = project_env(proj, tracking_uri=store)
-    dvc(proj, "repro", env=env)
+    dvc(proj, "repro", env={**env, "OMP_NUM_THREADS": "2"})  # portable numerics: the parent's threads don't count
 
     for m in METHODS:
         assert (proj / f"models/{m}/split0.pt").stat().st_size > 10_000
@@ -96,14 +100,19 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     cost = json.loads((proj / "reports/cost.json").read_text())
     assert cost["pretrain/sdclr/split0"]["seconds"] > 0 and cost["evaluate/random/split0"]["seconds"] > 0
 
-    # A fresh clone of the committed results, reproduced from nothing (no data, models or DVC cache):
-    # the same bytes everywhere, and a clean `git status` apart from the machine-dependent cost file.
+    # A fresh clone of the committed results, reproduced from nothing (no data, models or DVC cache) by
+    # the parallel runner: the same bytes and lock entries as the sequential run, a clean `dvc status`, and a
+    # clean `git status` apart from the machine-dependent cost file.
     subprocess.run(["git", "add", "-A"], cwd=proj, check=True, env=env)
     subprocess.run(["git", "commit", "-qm", "baseline results"], cwd=proj, check=True, env=env)
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(proj), str(clone)], check=True, env=env)
     clone_store = f"sqlite:///{tmp_path / 'clone-mlflow.db'}"
-    dvc(clone, "repro", env=project_env(clone, tracking_uri=clone_store, log_model=True))
+    clone_env = project_env(clone, tracking_uri=clone_store, log_model=True)
+    lines: list[str] = []
+    run_in_parallel(clone, 2, log=lines.append, env=clone_env)
+    assert lines[-1].startswith("dvc repro: nothing left to do"), lines
+    assert json.loads(dvc(clone, "status", "--json", env=clone_env).stdout or "{}") == {}
     outputs = ["dvc.lock", "reports/summary.json", "reports/pretrain_loss.csv", "reports/report.md",
                *(f"reports/scores/{m}.json" for m in ("random", *METHODS)), *(f"models/{m}/split0.pt" for m in METHODS),
                *(f"reports/pretrain/{m}/split0.csv" for m in METHODS),
