@@ -1,8 +1,10 @@
 """One training step of a method, run either under torchrun (DDP) or in one process.
 
 Used by ``tests/test_distributed.py``: ``torchrun --nproc_per_node 2 tests/ddp_step.py
-PARAMS.json OUT.pt`` and ``python tests/ddp_step.py PARAMS.json OUT.pt`` must give the
-same loss, the same gradients (on every rank) and the same sbid bank afterwards.
+CASES.json OUT.pt`` and ``python tests/ddp_step.py CASES.json OUT.pt`` must give, for each
+case (a params dict naming its ``method_under_test``), the same loss, the same gradients
+(on every rank) and the same sbid bank afterwards. All cases run in one launch: a torchrun
+start costs seconds.
 
 The network runs in eval mode (BatchNorm from running statistics), so each image's
 features do not depend on how the global batch is split over ranks; the 'augmentation'
@@ -41,12 +43,11 @@ class FlipEveryOtherView:
         return x.flip(-1) if self.calls % 2 == 0 else x
 
 
-def main(params_json: str, out: str) -> None:
-    raw = json.loads(Path(params_json).read_text())
+def one_step(raw: dict, ctx, device) -> dict:
+    """One step of the case's method on a fixed global batch → loss, per-rank gradients (and masks, bank)."""
+    raw = dict(raw)
     method_name = raw.pop("method_under_test")
     params = parse_params(raw)
-    ctx, device = distributed.init_from_env(torch.device("cpu"))
-
     torch.manual_seed(0)
     cls = method_class(method_name)
     net = build_model(params.model.width, 1, [0.5], [0.25], cls.head_spec(params))
@@ -80,8 +81,14 @@ def main(params_json: str, out: str) -> None:
         result["masks"] = distributed.gather(mask_fingerprint(method.net)[None])
     if hasattr(method, "bank"):  # sbid
         result["bank"] = distributed.gather(method.bank.weight[None])
+    return result
+
+
+def main(cases_json: str, out: str) -> None:
+    ctx, device = distributed.init_from_env(torch.device("cpu"))
+    results = [one_step(raw, ctx, device) for raw in json.loads(Path(cases_json).read_text())]
     if ctx.is_main:
-        torch.save(result, out)
+        torch.save(results, out)
     distributed.shutdown()
 
 

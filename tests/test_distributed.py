@@ -33,33 +33,37 @@ def _torchrun(nproc: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
 
 
-@pytest.mark.parametrize("method,extra", [("simclr", {}), ("sdclr", {}),
-                                          ("sbid", {"negatives": 5}), ("sbid", {"negatives": "all"})],
-                         ids=["simclr", "sdclr", "sbid-k5", "sbid-all"])
-def test_ddp_step_equals_the_single_process_step(raw_params, tmp_path, root, method, extra):
-    raw_params["model"].update(width=8, head_hidden=16, proj_dim=8)
-    raw_params["sbid"].update(head_hidden=16, proj_dim=8, cutmix=False, **extra)
-    raw_params["method_under_test"] = method
-    spec = tmp_path / "params.json"
-    spec.write_text(json.dumps(raw_params))
+CASES = {"simclr": ("simclr", {}), "sdclr": ("sdclr", {}), "sbid-k5": ("sbid", {"negatives": 5}),
+         "sbid-all": ("sbid", {"negatives": "all"})}
+
+
+def test_ddp_step_equals_the_single_process_step(raw_params, tmp_path, root):
+    cases = []
+    for method, extra in CASES.values():
+        raw = json.loads(json.dumps(raw_params))
+        raw["model"].update(width=8, head_hidden=16, proj_dim=8)
+        raw["sbid"].update(head_hidden=16, proj_dim=8, cutmix=False, **extra)
+        cases.append({**raw, "method_under_test": method})
+    spec = tmp_path / "cases.json"
+    spec.write_text(json.dumps(cases))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
     script = str(root / "tests/ddp_step.py")
-    for cmd, out in ((_torchrun(2) + [script, str(spec), str(tmp_path / "ddp.pt")], "ddp.pt"),
-                     ([sys.executable, script, str(spec), str(tmp_path / "one.pt")], "one.pt")):
+    for cmd in (_torchrun(2) + [script, str(spec), str(tmp_path / "ddp.pt")],
+                [sys.executable, script, str(spec), str(tmp_path / "one.pt")]):
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
-    ddp, one = torch.load(tmp_path / "ddp.pt"), torch.load(tmp_path / "one.pt")
-    assert int(ddp["world_size"]) == 2 and int(one["world_size"]) == 1
-
-    torch.testing.assert_close(ddp["loss"], one["loss"], rtol=1e-5, atol=1e-6)
-    assert torch.equal(ddp["grads"][0], ddp["grads"][1]), "ranks hold different gradients"
-    torch.testing.assert_close(ddp["grads"][0], one["grads"][0], rtol=1e-4, atol=1e-6)
-    assert ddp["grads"][0].abs().sum() > 0
-    if "masks" in one:  # SDCLR
-        assert torch.equal(ddp["masks"][0], ddp["masks"][1]) and torch.equal(ddp["masks"][0], one["masks"][0])
-    if "bank" in one:  # sbid
-        assert torch.equal(ddp["bank"][0], ddp["bank"][1]), "the ranks' memory banks diverged"
-        torch.testing.assert_close(ddp["bank"][0], one["bank"][0], rtol=1e-5, atol=1e-6)
+    results = zip(CASES, torch.load(tmp_path / "ddp.pt"), torch.load(tmp_path / "one.pt"))
+    for case, ddp, one in results:
+        assert int(ddp["world_size"]) == 2 and int(one["world_size"]) == 1, case
+        torch.testing.assert_close(ddp["loss"], one["loss"], rtol=1e-5, atol=1e-6, msg=case)
+        assert torch.equal(ddp["grads"][0], ddp["grads"][1]), f"{case}: ranks hold different gradients"
+        torch.testing.assert_close(ddp["grads"][0], one["grads"][0], rtol=1e-4, atol=1e-6, msg=case)
+        assert ddp["grads"][0].abs().sum() > 0, case
+        if "masks" in one:  # SDCLR
+            assert torch.equal(ddp["masks"][0], ddp["masks"][1]) and torch.equal(ddp["masks"][0], one["masks"][0])
+        if "bank" in one:  # sbid
+            assert torch.equal(ddp["bank"][0], ddp["bank"][1]), f"{case}: the ranks' memory banks diverged"
+            torch.testing.assert_close(ddp["bank"][0], one["bank"][0], rtol=1e-5, atol=1e-6, msg=case)
 
 
 TINY_DDP = {
