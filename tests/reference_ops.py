@@ -72,3 +72,36 @@ def mask_sparsity(model: nn.Module) -> dict[str, float]:
     out = {"overall": sum(zeros) / sum(sizes)} if sizes else {"overall": 0.0}
     out.update({name: z / n for (name, _), z, n in zip(named, zeros, sizes)})
     return out
+
+
+def linear_probe_curve(train_x, train_y, val_x, val_y, num_classes: int, epochs: int, lr: float,
+                       weight_decay: float, batch_size: int, seed: int) -> list[float]:
+    """The features probe written out in float64: standardise with the training features' mean and
+    unbiased std, N(0, 0.01) weights and zero bias drawn from ``seed``'s generator, a fresh shuffle per
+    epoch, heavy-ball SGD (momentum 0.9, L2 weight decay added to the gradient) with the lr on a per-step
+    half-cosine from ``lr`` to 0; returns the validation mean per-class accuracy after every epoch."""
+    mu, sd = train_x.double().mean(0), train_x.double().std(0).clamp_min(1e-6)
+    x, vx = (train_x.double() - mu) / sd, (val_x.double() - mu) / sd
+    g = torch.Generator().manual_seed(seed)
+    w = torch.empty(num_classes, x.shape[1]).normal_(0, 0.01, generator=g).double()
+    b = torch.zeros(num_classes, dtype=torch.float64)
+    vw, vb = torch.zeros_like(w), torch.zeros_like(b)
+    n = len(x)
+    bs = min(batch_size, n)
+    steps, step = -(-n // bs) * epochs, 0
+    curve = []
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=g)
+        for start in range(0, n, bs):
+            idx = perm[start : start + bs]
+            p = torch.softmax(x[idx] @ w.T + b, dim=1)
+            p[torch.arange(len(idx)), train_y[idx]] -= 1.0
+            gw, gb = p.T @ x[idx] / len(idx) + weight_decay * w, p.mean(0)
+            rate = lr * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * step / steps, dtype=torch.float64)))
+            vw, vb = 0.9 * vw + gw, 0.9 * vb + gb
+            w, b = w - rate * vw, b - rate * vb
+            step += 1
+        pred = (vx @ w.T + b).argmax(1)
+        per_class = [(pred[val_y == c] == c).double().mean() for c in range(num_classes) if (val_y == c).any()]
+        curve.append(float(torch.stack(per_class).mean()))
+    return curve

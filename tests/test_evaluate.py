@@ -195,3 +195,71 @@ def test_flat_metrics_names_every_headline_number_once():
                     for key, value in (("accuracy", m["accuracy"]), ("balancedness", m["balancedness"]),
                                        *m["groups"].items())}
     assert len(flat) == 15 and flat["knn_minor"] == pytest.approx(0.55)
+
+
+def test_the_features_probe_is_softmax_regression_with_sgd_momentum_and_a_cosine_lr():
+    """Step for step against the probe written out in float64 (tests/reference_ops.py)."""
+    from tests.reference_ops import linear_probe_curve
+
+    g = torch.Generator().manual_seed(11)
+    scale = torch.tensor([1.0, 30.0, 0.01, 5.0] * 4)  # features of very different scales: standardisation matters
+    centres = torch.randn(4, 16, generator=g)  # close classes: the validation accuracy moves from epoch to epoch
+    y, vy = torch.arange(4).repeat_interleave(30), torch.arange(4).repeat_interleave(30)
+    x = (centres[y] + torch.randn(120, 16, generator=g)) * scale + 7.0
+    vx = (centres[vy] + torch.randn(120, 16, generator=g)) * scale + 7.0
+    probe = ProbeParams(protocol="features", lr=0.05, weight_decay=0.01, batch_size=32, full_shot_epochs=1,
+                        few_shot_epochs=1, full_shot_milestones=[], few_shot_milestones=[])
+    res = linear_probe(x, y, Heldout(vx, vy, vx, 4), probe, epochs=6, seed=3)
+    expected = linear_probe_curve(x, y, vx, vy, 4, epochs=6, lr=0.05, weight_decay=0.01, batch_size=32, seed=3)
+    assert res.val_curve == pytest.approx(expected, abs=1e-9)
+    assert len(set(expected)) > 1  # not vacuous
+
+
+def test_the_metrics_file_holds_every_probe_and_its_settings():
+    metrics = _tiny_evaluation(torch.device("cpu"))
+    assert metrics["num_classes"] == 3 and metrics["feature_dim"] == 64
+    assert metrics["groups"] == groups_of([0, 1, 2])
+    assert metrics["knn"]["k"] == 10 and metrics["knn"]["accuracy"] > 0.6  # chance: 1/3
+    assert set(metrics["knn"]["groups"]) == {"major", "moderate", "minor"}
+    assert metrics["full_shot"]["train_size"] == 120 and len(metrics["full_shot"]["val_curve"]) == 5
+
+
+def test_the_authors_protocol_trains_through_the_frozen_backbone_on_each_settings_rows():
+    from types import SimpleNamespace
+
+    from sdclr.evaluate import evaluate_encoder
+    from sdclr.models import HeadSpec, build_model
+
+    torch.manual_seed(0)
+    net = build_model(8, 1, [0.5], [0.25], HeadSpec(2, 16, 8)).eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 60)
+    images = (40 + 80 * y[:, None, None, None] + rng.integers(0, 20, (180, 12, 12, 1))).astype(np.uint8)
+    split = {"pool": np.arange(0, 180, 2), "val": np.arange(1, 180, 2), "fewshot": np.arange(0, 180, 6),
+             "class_order": np.arange(3)}
+    probe = ProbeParams(protocol="authors", lr=1.0, weight_decay=0.0, batch_size=32, full_shot_epochs=4,
+                        few_shot_epochs=6, full_shot_milestones=[3], few_shot_milestones=[4])
+    params = SimpleNamespace(feature_batch_size=64, knn_k=5, knn_temperature=0.1, probe=probe)
+    data = {"images": images, "labels": y}
+    metrics = evaluate_encoder(net, data, data, split, params, seed=0, device=torch.device("cpu"), log=lambda m: None)
+    assert metrics["full_shot"]["train_size"] == 90 and metrics["few_shot"]["train_size"] == 30
+    assert len(metrics["full_shot"]["val_curve"]) == 4 and len(metrics["few_shot"]["val_curve"]) == 6
+    assert metrics["full_shot"]["accuracy"] > 0.9 and metrics["few_shot"]["accuracy"] > 0.9
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_the_authors_crops_come_from_the_generator_and_cover_every_offset_and_both_flips():
+    x = torch.arange(2000 * 1 * 4 * 4, dtype=torch.float32).reshape(2000, 1, 4, 4)
+    a = random_crop_flip(x, 2, torch.Generator().manual_seed(5))
+    assert torch.equal(a, random_crop_flip(x, 2, torch.Generator().manual_seed(5)))
+    assert not torch.equal(a, random_crop_flip(x, 2, torch.Generator().manual_seed(6)))
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    seen = set()
+    for i in range(0, 2000, 7):
+        found = [(t, l, f) for t in range(5) for l in range(5) for f in (False, True)
+                 if torch.equal(a[i], (lambda w: w.flip(-1) if f else w)(padded[i, :, t:t + 4, l:l + 4]))]
+        seen.add(found[0])
+    assert {t for t, _, _ in seen} == set(range(5)) and {l for _, l, _ in seen} == set(range(5))
+    flips = sum(f for _, _, f in seen)
+    assert 0.3 < flips / len(seen) < 0.7  # each image flipped with probability ½
