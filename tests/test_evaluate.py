@@ -203,15 +203,15 @@ def test_the_features_probe_is_softmax_regression_with_sgd_momentum_and_a_cosine
 
     g = torch.Generator().manual_seed(11)
     scale = torch.tensor([1.0, 30.0, 0.01, 5.0] * 4)  # features of very different scales: standardisation matters
-    centres = torch.randn(4, 16, generator=g)  # close classes: the validation accuracy moves from epoch to epoch
-    y, vy = torch.arange(4).repeat_interleave(30), torch.arange(4).repeat_interleave(30)
-    x = (centres[y] + torch.randn(120, 16, generator=g)) * scale + 7.0
-    vx = (centres[vy] + torch.randn(120, 16, generator=g)) * scale + 7.0
-    probe = ProbeParams(protocol="features", lr=0.05, weight_decay=0.01, batch_size=32, full_shot_epochs=1,
+    centres = torch.randn(4, 16, generator=g)  # close classes, a small lr, a strong weight decay: an under-trained
+    y, vy = torch.arange(4).repeat_interleave(30), torch.arange(4).repeat_interleave(100)  # probe whose validation
+    x = (centres[y] + 1.5 * torch.randn(120, 16, generator=g)) * scale + 7.0  # accuracy moves with the lr, its
+    vx = (centres[vy] + 1.5 * torch.randn(400, 16, generator=g)) * scale + 7.0  # schedule and the weight decay
+    probe = ProbeParams(protocol="features", lr=0.005, weight_decay=1.0, batch_size=32, full_shot_epochs=1,
                         few_shot_epochs=1, full_shot_milestones=[], few_shot_milestones=[])
-    res = linear_probe(x, y, Heldout(vx, vy, vx, 4), probe, epochs=6, seed=3)
-    expected = linear_probe_curve(x, y, vx, vy, 4, epochs=6, lr=0.05, weight_decay=0.01, batch_size=32, seed=3)
-    assert res.val_curve == pytest.approx(expected, abs=1e-9)
+    res = linear_probe(x, y, Heldout(vx, vy, vx, 4), probe, epochs=5, seed=3)
+    expected = linear_probe_curve(x, y, vx, vy, 4, epochs=5, lr=0.005, weight_decay=1.0, batch_size=32, seed=3)
+    assert res.val_curve == pytest.approx(expected, abs=0.0051)  # float32 vs float64: at most 2 of 400 points flip
     assert len(set(expected)) > 1  # not vacuous
 
 
