@@ -251,3 +251,15 @@ def test_the_comparison_line_says_identical_or_by_how_much_and_which_verdicts_mo
                            "native (X, AVX2 kernels, 2 threads)) by up to 2.83 points (sdclr full_shot)")
     assert "verdicts changed: sdclr − simclr full-shot accuracy: disagrees → inconclusive" in line
     assert "\n" not in line
+
+
+def test_splits_to_decide_at_its_edges():
+    from sdclr.stats import splits_to_decide, t_quantile
+
+    # t(0.975; 5)/√6 = 1.050 > 1 and t(0.975; 6)/√7 = 0.925 < 1: a mean of one std needs 7 splits
+    assert splits_to_decide(1.0, 1.0) == 7 and splits_to_decide(-1.0, 1.0) == 7
+    assert splits_to_decide(1.0, 1.0, most=7) == 7 and splits_to_decide(1.0, 1.0, most=6) is None
+    assert splits_to_decide(0.5, 0.0) == 2 and splits_to_decide(0.0, 0.0) is None  # no spread at all
+    assert splits_to_decide(0.0, 1.0) is None
+    # the interval must exclude 0 strictly: a half-width equal to the mean is not enough
+    assert splits_to_decide(t_quantile(0.975, 1) * 1.0 / math.sqrt(2), 1.0) == 3
