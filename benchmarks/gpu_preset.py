@@ -44,6 +44,7 @@ def load_params(preset: str, device: str, sets: list[str]):
     """params.yaml with ``preset`` merged in and ``--set key=value`` overrides, validated."""
     import yaml
 
+    from benchmarks.pretrain_throughput import apply_overrides
     from sdclr.config import parse_params
     from sdclr.presets import apply_preset
 
@@ -54,13 +55,7 @@ def load_params(preset: str, device: str, sets: list[str]):
             apply_preset(preset, path)
         raw = yaml.safe_load(path.read_text())
     raw["device"] = device
-    for item in sets:
-        key, value = item.split("=", 1)
-        *parents, leaf = key.split(".")
-        node = raw
-        for p in parents:
-            node = node[p]
-        node[leaf] = yaml.safe_load(value)
+    apply_overrides(raw, sets)
     return parse_params(raw, f"preset {preset}")
 
 

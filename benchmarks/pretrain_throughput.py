@@ -47,6 +47,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def apply_overrides(raw: dict, items: list[str]) -> None:
+    """``KEY=VALUE`` items (dotted keys, YAML values) written into a params.yaml dict."""
+    import yaml
+
+    for item in items:
+        key, _, value = item.partition("=")
+        *parents, leaf = key.split(".")
+        node = raw
+        for k in parents:
+            node = node[k]
+        node[leaf] = yaml.safe_load(value)
+
+
 def measure(args) -> dict:
     """Build the run exactly as training does (``sdclr.train.build``) and time ``Training.step``."""
     import numpy as np
@@ -66,13 +79,7 @@ def measure(args) -> dict:
                            compile=args.compile != "off", nproc=1)
     if args.compile != "off":
         raw["pretrain"]["compile_mode"] = args.compile
-    for item in args.set or []:  # e.g. sbid.negatives=4096
-        key, _, value = item.partition("=")
-        *parents, leaf = key.split(".")
-        node = raw
-        for k in parents:
-            node = node[k]
-        node[leaf] = yaml.safe_load(value)
+    apply_overrides(raw, args.set or [])  # e.g. sbid.negatives=4096
     params = parse_params(raw)
 
     # Synthetic uint8 images, as many as the real training subset (sbid's bank has one entry per image).

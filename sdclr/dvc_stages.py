@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import functools
 import sys
 import textwrap
 from pathlib import Path
@@ -80,21 +81,18 @@ def method_module(name: str, root: Path = ROOT) -> Path:
     return _module_file(REGISTRY[name].split(":")[0], root)
 
 
-def code_deps(script: str, methods: tuple[str, ...] = (), root: Path = ROOT) -> list[str]:
+@functools.cache  # every evaluate stage has the same deps: computed once
+def code_deps(script: str, methods: tuple[str, ...] = (), root: Path = ROOT) -> tuple[str, ...]:
     """The script, then every other project file it (and the named methods' modules) can import."""
     files = import_closure(root / script, root)
     for name in methods:
         files |= import_closure(method_module(name, root), root)
     rest = sorted(p.relative_to(root).as_posix() for p in files if p != (root / script).resolve())
-    return [script, *rest]
+    return (script, *rest)
 
 
-def _block(lines: list[str], indent: int) -> list[str]:
-    return [" " * indent + line for line in lines]
-
-
-def _list(key: str, items: list[str], indent: int) -> list[str]:
-    return _block([f"{key}:", *(f"  - {item}" for item in items)], indent)
+def _list(key: str, items, indent: int) -> list[str]:
+    return [" " * indent + line for line in (f"{key}:", *(f"  - {item}" for item in items))]
 
 
 def _pretrain(name: str, cls) -> list[str]:
