@@ -96,6 +96,39 @@ def dvc(dest: Path, *args: str, env: dict | None = None, check: bool = True, tim
     return result
 
 
+def run_in_process(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    """Run a stage script (a :func:`stage_command`) in this process, as its own process would.
+
+    For tests of what a script says and writes, not of its process (a kill, threads, a file-size
+    limit): it saves the Python start and the torch and MLflow imports, about 4 s of CPU a stage.
+    The script runs from ``cwd`` with the command's arguments and exactly ``env``; its stdout and
+    stderr are captured and its ``sys.exit`` status is the return code. Everything is restored after.
+    """
+    import contextlib
+    import io
+    import runpy
+
+    script, *args = cmd[1:]
+    out, err = io.StringIO(), io.StringIO()
+    saved_cwd, saved_argv, saved_env = os.getcwd(), sys.argv, dict(os.environ)
+    os.chdir(cwd)
+    sys.argv = [script, *args]
+    os.environ.clear()
+    os.environ.update(env)
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_path(script, run_name="__main__")
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    finally:
+        os.chdir(saved_cwd)
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return subprocess.CompletedProcess(cmd, code, out.getvalue(), err.getvalue())
+
+
 def stage_command(dest: Path, stage: str, item: int | None = None) -> list[str]:
     """The ``cmd`` of ``stage`` in ``dest``'s dvc.yaml, with ``${item}`` and ``${params.key}`` filled in.
 

@@ -24,7 +24,7 @@ from sdclr.data.longtail import load_split
 from sdclr.errors import DataError
 from sdclr.io import load_raw, save_npz, sha256_array, write_json
 from sdclr.encoder_file import load_encoder
-from tests.dvc_project import make_project, project_env, stage_command
+from tests.dvc_project import make_project, project_env, run_in_process, stage_command
 from tests.test_pretrain import TINY, tiny_dataset
 
 UNSAFE_ADVICE = ("allow_pickle", "weights_only", "Traceback")
@@ -216,9 +216,9 @@ def tiny(tmp_path):
 
 
 def _run(proj: Path, stage: str, item: int | None = None) -> subprocess.CompletedProcess:
+    """The stage's script with DVC's command line, in this process (what it says is the test)."""
     env = project_env(proj, tracking_uri=f"sqlite:///{proj.parent / 'mlflow.db'}")
-    return subprocess.run(stage_command(proj, stage, item), cwd=proj, env=env, capture_output=True, text=True,
-                          timeout=300)
+    return run_in_process(stage_command(proj, stage, item), proj, env)
 
 
 def _assert_one_error_line(proc: subprocess.CompletedProcess, *words: str) -> str:

@@ -123,3 +123,39 @@ def test_a_capped_pool_is_a_per_class_subset_of_the_whole_pool_and_leaves_valida
     # the long-tail subsets are drawn from the capped pool (n_max defaults to its per-class size)
     pool, _, splits = make_splits(labels, sub_params(val_per_class=60, pool_per_class=100, imbalance_ratio=10), 3)
     assert set(splits[0].longtail) <= set(pool) and max(np.bincount(labels[splits[0].longtail])) == 100
+
+
+def test_the_written_splits_and_summary_say_what_the_arrays_hold(tmp_path):
+    """What the report and the stages read back: every index array as drawn, and a summary.json
+    whose every field is recomputed here from the arrays (counts per class and per rank, totals,
+    groups by long-tail rank), not copied from the code that wrote it."""
+    from sdclr.data.longtail import load_split
+    import json
+
+    labels = balanced_labels(10, 80, seed=3)
+    names = [f"class{c}" for c in range(10)]
+    sub = sub_params(val_per_class=20, imbalance_ratio=10.0, n_max=50, pool_per_class=60, splits=[0, 2],
+                     few_shot_fraction=0.1)
+    pool, val, splits = make_splits(labels, sub, seed=5)
+    returned = write_splits(tmp_path, labels, pool, val, splits, sub, 5, names)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert returned == summary
+    assert {k: summary[k] for k in summary if k != "splits"} == {
+        "seed": 5, "num_classes": 10, "class_names": names, "imbalance_ratio": 10.0, "n_max": 50,
+        "pool_per_class": 60, "val_per_class": 20, "few_shot_fraction": 0.1, "pool_total": 600, "val_total": 200}
+    assert [s["split_id"] for s in summary["splits"]] == [0, 2]
+    for split, row in zip(splits, summary["splits"]):
+        arrays = load_split(tmp_path, split.split_id, [0, 2], num_train=len(labels))
+        for name in ("longtail", "balanced", "fewshot", "class_order"):
+            assert np.array_equal(arrays[name], getattr(split, name)), name
+        assert np.array_equal(arrays["pool"], pool) and np.array_equal(arrays["val"], val)
+        order = arrays["class_order"].tolist()
+        counts = {k: np.bincount(labels[arrays[k]], minlength=10).tolist() for k in ("longtail", "balanced", "fewshot")}
+        assert counts["longtail"][order[0]] == 50 and counts["longtail"][order[-1]] == 5  # n_max, n_max / r
+        assert row == {
+            "split_id": split.split_id, "class_order": order, "class_order_names": [names[c] for c in order],
+            "longtail_counts": counts["longtail"], "longtail_counts_by_rank": [counts["longtail"][c] for c in order],
+            "longtail_total": len(arrays["longtail"]),
+            "balanced_counts": counts["balanced"], "balanced_total": len(arrays["balanced"]),
+            "fewshot_counts": counts["fewshot"], "fewshot_total": len(arrays["fewshot"]),
+            "groups": {"major": order[:4], "moderate": order[4:7], "minor": order[7:]}}

@@ -3,8 +3,8 @@
 Checks every stage's outputs, the report's tables and figures, and the MLflow runs
 (pretrain and evaluate per method, per-epoch metrics with steps). Then that a fresh clone
 of the committed results, reproduced from scratch by the parallel runner (two stages at
-once, one thread each) where the first run was a sequential `dvc repro` under a two-thread
-parent, gives byte-identical outputs and `dvc.lock`, a clean `dvc status`, and a `git
+once) without the kernel pin and thread setting of this process, where the first run was a
+sequential `dvc repro` under a pinned two-thread parent, gives byte-identical outputs and `dvc.lock`, a clean `dvc status`, and a `git
 status` clean but for the machine-dependent reports/cost.json, and fills its own MLflow
 store with every row of the report, checked through a real `mlflow server`'s REST API (and
 a headless-Chromium screenshot of the runs table in test-artifacts/); and that a queued
@@ -24,6 +24,7 @@ import warnings
 import pytest
 import yaml
 
+from sdclr.numerics import PORTABLE_ENV, THREAD_ENV
 from tests.conftest import FASHION_SYSTEM_DIR
 from tests.dvc_project import ROOT, dvc, make_project, project_env
 from tests.mlflow_ui import CHROMIUM, check_runs_view, mlflow_server
@@ -109,6 +110,8 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     subprocess.run(["git", "clone", "-q", str(proj), str(clone)], check=True, env=env)
     clone_store = f"sqlite:///{tmp_path / 'clone-mlflow.db'}"
     clone_env = project_env(clone, tracking_uri=clone_store, log_model=True)
+    for name in (*PORTABLE_ENV, *THREAD_ENV):  # each stage pins its own kernels and thread, whatever its parent's
+        clone_env.pop(name, None)
     lines: list[str] = []
     run_in_parallel(clone, 2, log=lines.append, env=clone_env)
     assert lines[-1].startswith("dvc repro: nothing left to do"), lines
@@ -123,6 +126,8 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, check=True, capture_output=True,
                             text=True).stdout.splitlines()
     assert status == [" M reports/cost.json"], status
+    for stage, cost in json.loads((clone / "reports/cost.json").read_text()).items():
+        assert cost["numerics"] == "portable (AVX2 kernels, 1 thread)" and cost["device"].endswith(", 1 thread"), stage
 
     # The clone's own store holds every row of the report, `random` included, as a researcher's
     # browser sees it through `mlflow server` (tests/mlflow_ui.py checks the REST API).

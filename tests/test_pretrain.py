@@ -21,7 +21,7 @@ from sdclr.io import save_npz, sha256_array, write_json
 from sdclr.encoder_file import ModelSpec
 from sdclr.train import Job, Outputs, lr_at, pretrain
 from tests.conftest import balanced_labels
-from tests.dvc_project import make_project, project_env, stage_command
+from tests.dvc_project import make_project, project_env, run_in_process, stage_command
 
 TINY = {
     "device": "cpu",
@@ -112,7 +112,7 @@ def test_kill_then_rerun_resumes_and_matches_an_uninterrupted_run(tiny_project, 
     assert len(history) == 1 + 6  # header + every epoch, the ones before the kill included
 
     (tiny_project / f"models/{method}/split0.pt").unlink()
-    fresh = subprocess.run(_pretrain_cmd(method, tiny_project), cwd=tiny_project, env=env, capture_output=True, text=True)
+    fresh = run_in_process(_pretrain_cmd(method, tiny_project), tiny_project, env)  # the reference: no kill
     assert fresh.returncode == 0, fresh.stderr
     assert "resuming" not in fresh.stdout
     uninterrupted = checkpoint.load(tiny_project / f"models/{method}/split0.pt", "cpu")["net"]
