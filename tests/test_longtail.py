@@ -159,3 +159,52 @@ def test_the_written_splits_and_summary_say_what_the_arrays_hold(tmp_path):
             "balanced_counts": counts["balanced"], "balanced_total": len(arrays["balanced"]),
             "fewshot_counts": counts["fewshot"], "fewshot_total": len(arrays["fewshot"]),
             "groups": {"major": order[:4], "moderate": order[4:7], "minor": order[7:]}}
+
+
+def _written_split(tmp_path):
+    labels = balanced_labels(10, 30, seed=1)
+    sub = sub_params(val_per_class=5, imbalance_ratio=5.0, n_max=20, splits=[0], few_shot_fraction=0.1)
+    pool, val, splits = make_splits(labels, sub, seed=0)
+    write_splits(tmp_path, labels, pool, val, splits, sub, 0, [f"c{c}" for c in range(10)])
+    return len(labels), pool, val, splits[0]
+
+
+@pytest.mark.parametrize("file, name, value, words", [
+    ("pool_val.npz", "pool", "at_bound", "pool holds indices outside the 300 train images"),
+    ("pool_val.npz", "val", "negative", "val holds indices outside the 300 train images"),
+    ("split0.npz", "longtail", "at_bound", "longtail holds indices outside the 300 train images"),
+    ("split0.npz", "class_order", "at_bound", "class_order holds indices outside the 10 classes"),
+    ("split0.npz", "fewshot", "floats", "fewshot is not a list of indices (float64, shape"),
+    ("pool_val.npz", "val", "matrix", "val is not a list of indices (int64, shape (2, 3))"),
+])
+def test_a_split_file_with_bad_indices_is_one_sentence_naming_its_file(tmp_path, file, name, value, words):
+    """Each array is checked in the file that holds it, against the right bound (the train set for
+    image indices, the number of classes for the class order); an index equal to the bound is out."""
+    from sdclr.data.longtail import load_split
+    from sdclr.errors import DataError
+    from sdclr.io import load_npz, save_npz
+
+    num_train, *_ = _written_split(tmp_path)
+    arrays = dict(load_npz(tmp_path / file))
+    bound = 10 if name == "class_order" else num_train
+    a = arrays[name].copy()
+    if value == "at_bound":
+        a[-1] = bound
+    elif value == "negative":
+        a[0] = -1
+    arrays[name] = {"floats": a.astype(np.float64), "matrix": np.zeros((2, 3), np.int64)}.get(value, a)
+    save_npz(tmp_path / file, **arrays)
+    with pytest.raises(DataError) as e:
+        load_split(tmp_path, 0, [0], num_train=num_train)
+    assert str(e.value).startswith(f"{tmp_path / file}: ") and words in str(e.value), str(e.value)
+
+
+def test_a_missing_split_file_says_how_to_make_it_whether_or_not_the_list_is_known(tmp_path):
+    from sdclr.data.longtail import load_split
+    from sdclr.errors import DataError
+
+    _written_split(tmp_path)
+    with pytest.raises(DataError) as e:
+        load_split(tmp_path, 4)
+    assert str(e.value) == (f"{tmp_path / 'split4.npz'} is missing; run `dvc repro subsample` (after adding 4 to "
+                            "subsample.splits in params.yaml if it is not listed there).")
