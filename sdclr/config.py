@@ -239,8 +239,27 @@ class BclParams:
 
 
 @dataclass(frozen=True)
+class GhParams:
+    """Geometric Harmonization (Zhou et al., NeurIPS 2023) on SimCLR (simclr_gh) and SDCLR (sdclr_gh)."""
+
+    num_targets: int = _p(_range(lo=2, what="an integer"), "K simplex targets, at most model.proj_dim + 1 "
+                                                            "(official CIFAR-100-LT: 100, its classes)")
+    temperature: float = _p(positive(), "γ of the softmax over the targets (official: 0.1)")
+    sinkhorn_epsilon: float = _p(_range(lo=0.02, what="a number"), "ε of the Sinkhorn kernel exp(logit/ε) "
+                                                                     "(official: 0.05; >= 0.02 keeps it finite)")
+    sinkhorn_iterations: int = _p(positive("a positive integer"), "Sinkhorn iterations (official: 300)")
+    warmup_epochs: int = _p(non_negative("an integer"), "contrastive-only epochs before GH (official: 500 of 1000)")
+    ramp_epochs: int = _p(positive("a positive integer"), "epochs over which GH's weight rises to 1 (official: 10)")
+    refresh_every: int = _p(positive("a positive integer"), "π is recomputed when the warm-up ends and at every "
+                                                           "multiple of this epoch (official: 20)")
+    beta_warmup: float = _p(_range(lo=0, hi=1, hi_open=True, what="a number"),
+                            "EMA factor of each image's logits during the warm-up (official: 0.9)")
+    beta: float = _p(_range(lo=0, hi=1, hi_open=True, what="a number"), "EMA factor after it (official: 0.999)")
+
+
+@dataclass(frozen=True)
 class LaterMethodsParams:
-    """Which splits the later methods (SimCLR + TS, BCL-I, BCL-D) run on; [] = none."""
+    """Which splits the later methods (SimCLR + TS, BCL-I, BCL-D, SimCLR + GH, SDCLR + GH) run on; [] = none."""
 
     splits: list[int] = _p(_split_subset, "a subset of subsample.splits; [] keeps the later methods out of the run")
 
@@ -260,6 +279,7 @@ class Params:
     pretrain: PretrainParams = _p()
     sbid: SbidParams = _p()
     bcl: BclParams = _p()
+    gh: GhParams = _p()
     later_methods: LaterMethodsParams = _p()
     evaluate: EvaluateParams = _p()
 
@@ -268,6 +288,9 @@ class Params:
         if extra:
             raise ParamError(f"later_methods.splits = {self.later_methods.splits} names split(s) {extra} that "
                              f"subsample.splits = {self.subsample.splits} does not draw; accepted: a subset of it.")
+        if self.later_methods.splits and self.gh.num_targets > self.model.proj_dim + 1:  # GH runs: check now
+            raise ParamError(f"gh.num_targets = {self.gh.num_targets} does not fit a simplex in model.proj_dim = "
+                             f"{self.model.proj_dim} dimensions; accepted: at most {self.model.proj_dim + 1}.")
 
 
 # --------------------------------------------------------------------------- loader

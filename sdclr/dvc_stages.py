@@ -97,9 +97,9 @@ def _list(key: str, items, indent: int) -> list[str]:
 
 def _pretrain(name: str, cls) -> list[str]:
     out_files = [f"models/{name}/split${{item}}.pt", f"reports/pretrain/{name}/split${{item}}.csv"]
-    per_image = f" --per-image reports/pretrain/{name}/w_split${{item}}.csv" if cls.per_image else ""
+    per_image = f" --per-image reports/pretrain/{name}/per_image_split${{item}}.csv" if cls.per_image else ""
     if per_image:
-        out_files.append(f"reports/pretrain/{name}/w_split${{item}}.csv")
+        out_files.append(f"reports/pretrain/{name}/per_image_split${{item}}.csv")
     about = " ".join((cls.__doc__ or name).strip().split("\n\n")[0].split())
     return [
         *(f"  # {line}" for line in textwrap.wrap(about, 100, break_on_hyphens=False)),
@@ -210,7 +210,7 @@ def render() -> str:
         *_uncached("metrics", [f"reports/scores/{m}.json" for m in ("random", *METHODS)]),
         *_uncached("outs", ["reports/summary.json", "reports/pretrain_loss.csv", "reports/report.md"]),
         *_uncached("plots", [f"reports/figures/{f}.png" for f in ("group_accuracy", "pretrain_loss", "class_counts",
-                                                                   "bcl_w_by_group")]),
+                                                                   "bcl_w_by_group", "gh_prior")]),
         "",
     ]
     return HEADER + "\n".join(lines) + "\n" + PLOTS

@@ -77,10 +77,13 @@ def claims() -> list[Claim]:
     out += [Claim("sdclr", "simclr", k, "minor", +1, sdclr) for k in ("full_shot", "few_shot")]
     out += [Claim("sdclr", "simclr", k, "balancedness", -1, sdclr) for k in ("full_shot", "few_shot")]
     out += [Claim("sbid", "simclr", k, "accuracy", +1, "Cao & Wu 2024") for k in KINDS]
-    bcl, ts = "BCL (Zhou et al. 2022)", "TS (Kukleva et al. 2023)"
-    for a, b, source in (("bcl_i", "simclr", bcl), ("bcl_d", "sdclr", bcl), ("simclr_ts", "simclr", ts)):
+    bcl, ts, gh = "BCL (Zhou et al. 2022)", "TS (Kukleva et al. 2023)", "GH (Zhou et al. 2023)"
+    for a, b, source in (("bcl_i", "simclr", bcl), ("bcl_d", "sdclr", bcl), ("simclr_ts", "simclr", ts),
+                         ("simclr_gh", "simclr", gh), ("sdclr_gh", "sdclr", gh)):
         out += [Claim(a, b, k, "accuracy", +1, source) for k in KINDS]
         out += [Claim(a, b, k, "minor", +1, source) for k in ("full_shot", "few_shot")]
+    out += [Claim(a, b, k, "balancedness", -1, gh) for a, b in (("simclr_gh", "simclr"), ("sdclr_gh", "sdclr"))
+            for k in ("full_shot", "few_shot")]
     out += [Claim(m, "random", k, "accuracy", +1, "pretraining helps") for m in METHODS for k in KINDS]
     return out
 
@@ -367,13 +370,23 @@ def write_scores(rows: dict[str, dict], folder: Path) -> None:
         write_bytes(folder / f"{method}.json", (json.dumps(row, indent=2) + "\n").encode())
 
 
-def load_bcl_weights(history_root: Path) -> pd.DataFrame:
-    """BCL's last-epoch w per training image: method, split, image, class, group, w (``w_split<k>.csv``)."""
+def load_per_image(history_root: Path) -> pd.DataFrame:
+    """The per-image state of the methods that keep one (BCL's w and score, GH's cluster) at the
+    last epoch: method, split, image, class, group and the method's columns (``per_image_split<k>.csv``)."""
     frames = []
-    for f in sorted(Path(history_root).glob("*/w_split*.csv")):
+    for f in sorted(Path(history_root).glob("*/per_image_split*.csv")):
         frame = pd.read_csv(f)
-        frames.append(frame.assign(method=f.parent.name, split=int(f.stem.removeprefix("w_split"))))
+        frames.append(frame.assign(method=f.parent.name, split=int(f.stem.removeprefix("per_image_split"))))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _not_run(figure: Path, message: str) -> None:
+    """dvc.yaml declares every figure: one whose method did not run says so."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 1.2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=9)
+    save_figure(fig, figure)
 
 
 def bcl_weight_section(weights: pd.DataFrame, figure: Path) -> list[str]:
@@ -381,14 +394,10 @@ def bcl_weight_section(weights: pd.DataFrame, figure: Path) -> list[str]:
 
     Mean w per group and method (over splits), the paired Minor − Major difference over splits
     with its interval, and a figure of w's distribution per group (box plots over images)."""
-    plt = _pyplot()
-    if weights.empty:  # dvc.yaml declares the figure: say why it is empty
-        fig, ax = plt.subplots(figsize=(6, 1.2))
-        ax.axis("off")
-        ax.text(0.5, 0.5, "BCL did not run: later_methods.splits is empty (--preset later_methods runs it)",
-                ha="center", va="center", fontsize=9)
-        save_figure(fig, figure)
+    if weights.empty:
+        _not_run(figure, "BCL did not run: later_methods.splits is empty (--preset later_methods runs it)")
         return []
+    plt = _pyplot()
     methods = list(dict.fromkeys(weights["method"]))
     fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.6), sharey=True, squeeze=False)
     for ax, m in zip(axes[0], methods):
@@ -415,6 +424,61 @@ def bcl_weight_section(weights: pd.DataFrame, figure: Path) -> list[str]:
             "Mean w per group over each split's training images at the last epoch, then over splits; the "
             "Minor − Major difference is paired over splits like the claims above.", "",
             *lines, "", f"![BCL w by group](figures/{figure.name})", ""]
+
+
+def total_variation(p: np.ndarray, q: np.ndarray) -> float:
+    """½ Σ |p − q| of two distributions over ranks (the shorter padded with zeros)."""
+    n = max(len(p), len(q))
+    return 0.5 * float(np.abs(np.pad(p, (0, n - len(p))) - np.pad(q, (0, n - len(q)))).sum())
+
+
+def gh_prior_section(per_image: pd.DataFrame, num_targets: int, figure: Path) -> list[str]:
+    """GH's premise checked on this data: does π, the share of images per target, recover the
+    long tail? Each split's π and class frequencies, both sorted from the largest, are compared
+    by their total-variation distance, beside the distance of the uniform prior a balanced
+    assignment (SwAV's) would impose; the gain is paired over splits."""
+    clusters = per_image[per_image["cluster"].notna()] if "cluster" in per_image else pd.DataFrame()
+    if clusters.empty:
+        _not_run(figure, "GH did not run: later_methods.splits is empty (--preset later_methods runs it)")
+        return []
+    plt = _pyplot()
+    methods = list(dict.fromkeys(clusters["method"]))
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.6 * len(methods), 3.6), sharey=True, squeeze=False)
+    lines = ["| method | targets used | largest π | TV(π, classes) | TV(uniform, classes) | gain | 95 % interval "
+             "| splits | premise |", "|" + "---|" * 9]
+    for ax, m in zip(axes[0], methods):
+        sub = clusters[clusters["method"] == m]
+        tv_prior, tv_uniform, largest, used = {}, {}, [], []
+        for split, rows in sub.groupby("split"):
+            prior = np.sort(np.bincount(rows["cluster"].astype(int), minlength=num_targets) / len(rows))[::-1]
+            classes = np.sort(rows["class"].value_counts(normalize=True).to_numpy())[::-1]
+            tv_prior[split], tv_uniform[split] = total_variation(prior, classes), total_variation(
+                np.full(num_targets, 1 / num_targets), classes)
+            largest.append(prior[0])
+            used.append(int((prior > 0).sum()))
+            first = split == sub["split"].min()
+            ax.plot(range(1, len(prior) + 1), prior, "o-", color="C0", alpha=0.7, label="π (sorted)" if first else None)
+            ax.plot(range(1, len(classes) + 1), classes, "s--", color="C3", alpha=0.7,
+                    label="class frequency (sorted)" if first else None)
+        ax.axhline(1 / num_targets, color="grey", lw=0.8, ls=":", label="uniform prior")
+        ax.set_title(f"{m}: {len(tv_prior)} split(s)", fontsize=10)
+        ax.set_xlabel("rank")
+        ax.grid(alpha=0.3)
+        d = paired_difference(tv_uniform, tv_prior)
+        interval = "—" if d.low is None else f"[{d.low:+.3f}, {d.high:+.3f}]"
+        lines.append(f"| {m} | {np.mean(used):.1f} of {num_targets} | {np.mean(largest):.3f} | "
+                     f"{np.mean(list(tv_prior.values())):.3f} | {np.mean(list(tv_uniform.values())):.3f} | "
+                     f"{d.mean:+.3f} | {interval} | {d.n} | **{d.verdict(+1)}** |")
+    axes[0][0].set_ylabel("share of the training images")
+    _legend_outside(fig, axes[0][0], 3)
+    fig.tight_layout(rect=(0, 0, 1, 0.88))
+    save_figure(fig, figure)
+    return ["## GH: does the estimated prior π recover the long tail?", "",
+            "GH's premise: π, the share of training images whose smoothed logits point to each target at the "
+            "last epoch, should follow the classes' frequencies instead of the uniform prior a balanced "
+            "assignment imposes. Both sorted from the largest and compared by total-variation distance (0 = "
+            "the same shares); the gain is TV(uniform) − TV(π), paired over splits like the claims above.", "",
+            *lines, "", f"![GH prior](figures/{figure.name})", ""]
 
 
 def uncertainty_note(n_splits: int) -> list[str]:
@@ -474,7 +538,10 @@ def write_report(metrics_root: Path, history_root: Path, splits_summary: Path, p
         md += [f"## {title}", "", markdown_table(agg, kind), ""]
     md += verdict_sections(paired)
     md += undecided_section(paired, n_splits)
-    md += bcl_weight_section(load_bcl_weights(history_root), figures / "bcl_w_by_group.png")
+    per_image = load_per_image(history_root)
+    md += bcl_weight_section(per_image[per_image["w"].notna()] if "w" in per_image else pd.DataFrame(),
+                             figures / "bcl_w_by_group.png")
+    md += gh_prior_section(per_image, params.gh.num_targets, figures / "gh_prior.png")
     md += reference_section(params.data.dataset)
     md += ["## Figures", "", "![group accuracy](figures/group_accuracy.png)", ""]
     if has_loss:

@@ -140,13 +140,13 @@ def _fake_outputs(proj: Path, later_methods: bool = False) -> None:
                 "data/splits/fashion_mnist/pool_val.npz", "data/splits/fashion_mnist/summary.json",
                 "reports/report.md", "reports/summary.json", "reports/pretrain_loss.csv",
                 *(f"reports/figures/{f}.png" for f in ("group_accuracy", "pretrain_loss", "class_counts",
-                                                        "bcl_w_by_group"))):
+                                                        "bcl_w_by_group", "gh_prior"))):
         (proj / rel).parent.mkdir(parents=True, exist_ok=True)
         (proj / rel).write_text(rel)
     trained = [m for m in METHODS if later_methods or method_class(m).splits_key == "subsample.splits"]
     for m in trained:
         for rel in (f"models/{m}/split0.pt", f"reports/pretrain/{m}/split0.csv",
-                    *([f"reports/pretrain/{m}/w_split0.csv"] if m.startswith("bcl") else [])):
+                    *([f"reports/pretrain/{m}/per_image_split0.csv"] if method_class(m).per_image else [])):
             (proj / rel).parent.mkdir(parents=True, exist_ok=True)
             (proj / rel).write_text(rel)
     for m in ("random", *trained):
@@ -200,12 +200,13 @@ def test_dvc_status_sees_a_code_change_in_exactly_the_stages_that_run_it(tmp_pat
 
 
 @pytest.mark.slow
-def test_a_bcl_param_changes_only_bcls_stages_and_later_methods_are_off_by_default(tmp_path):
+def test_a_bcl_or_gh_param_changes_only_their_stages_and_later_methods_are_off_by_default(tmp_path):
     """`dvc exp run -S bcl.beta=0.9` must re-run BCL-I and BCL-D (and the report, which shows
-    every param), nothing else; with the default `later_methods.splits: []` none of their stages exists."""
+    every param), nothing else, and a `gh` param GH's two methods only; with the default
+    `later_methods.splits: []` none of their stages exists."""
     default = make_project(tmp_path / "default", TINY)
     stages = dvc(default, "stage", "list", "--name-only").stdout.split()
-    assert not [s for s in stages if any(m in s for m in ("simclr_ts", "bcl_i", "bcl_d"))], stages
+    assert not [s for s in stages if any(m in s for m in ("simclr_ts", "bcl_i", "bcl_d", "_gh"))], stages
 
     proj = make_project(tmp_path / "proj", {**TINY, "later_methods": {"splits": [0]}})
     _fake_outputs(proj, later_methods=True)
@@ -213,8 +214,10 @@ def test_a_bcl_param_changes_only_bcls_stages_and_later_methods_are_off_by_defau
     assert _changed_stages(proj) == set()
     update_params(proj, {"bcl": {"beta": 0.9}})
     assert _changed_stages(proj) == {"pretrain-bcl_i@0", "pretrain-bcl_d@0", "report"}
-    update_params(proj, {"bcl": {"beta": 0.97}, "prune_ratio": 0.5})  # SDCLR's and BCL-D's
-    assert _changed_stages(proj) == {"pretrain-sdclr@0", "pretrain-bcl_d@0", "report"}
+    update_params(proj, {"bcl": {"beta": 0.97}, "prune_ratio": 0.5})  # SDCLR's, BCL-D's and SDCLR + GH's
+    assert _changed_stages(proj) == {"pretrain-sdclr@0", "pretrain-bcl_d@0", "pretrain-sdclr_gh@0", "report"}
+    update_params(proj, {"prune_ratio": 0.9, "gh": {"beta": 0.99}})
+    assert _changed_stages(proj) == {"pretrain-simclr_gh@0", "pretrain-sdclr_gh@0", "report"}
 
 
 def test_per_split_stages_depend_on_their_own_split_file_not_the_splits_folder():

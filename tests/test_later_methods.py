@@ -15,7 +15,7 @@ from sdclr.data.longtail import class_and_group
 from sdclr.io import load_npz
 from sdclr.losses import cosine_temperature, nt_xent, nt_xent_per_image
 from sdclr.methods import METHODS, method_class
-from sdclr.report import bcl_weight_section, load_bcl_weights, scores
+from sdclr.report import bcl_weight_section, load_per_image, scores
 from sdclr.encoder_file import ModelSpec
 from sdclr.train import Job, Outputs, build, pretrain
 from tests.test_pretrain import tiny_project  # noqa: F401  (the fixture)
@@ -158,7 +158,7 @@ def test_bcl_w_section_checks_the_premise_per_split_and_says_when_bcl_did_not_ru
     assert "| bcl_i | 0.300 | 0.500 | 0.710 | +0.410 |" in section and "**agrees**" in section
     assert (tmp_path / "w.png").stat().st_size > 0
 
-    assert load_bcl_weights(tmp_path / "nothing").empty
+    assert load_per_image(tmp_path / "nothing").empty
     assert bcl_weight_section(pd.DataFrame(), tmp_path / "empty.png") == []
     assert (tmp_path / "empty.png").stat().st_size > 0  # dvc.yaml declares it: it says why it is empty
 

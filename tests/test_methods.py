@@ -64,6 +64,7 @@ def test_every_method_uses_the_temperature_the_loop_sets():
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["model"].update(width=8, head_hidden=16, proj_dim=8)
     raw["sbid"].update(head_hidden=16, proj_dim=8, negatives=0)
+    raw["gh"].update(num_targets=5)
     for name, cls in ((m, method_class(m)) for m in METHODS):
         losses = []
         for built_with, set_to in ((0.5, None), (0.2, 0.5)):

@@ -22,6 +22,8 @@ REGISTRY: dict[str, str] = {
     "simclr_ts": "sdclr.methods.simclr:SimCLRTS",
     "bcl_i": "sdclr.methods.bcl:BCLI",
     "bcl_d": "sdclr.methods.bcl:BCLD",
+    "simclr_gh": "sdclr.methods.gh:SimCLRGH",
+    "sdclr_gh": "sdclr.methods.gh:SDCLRGH",
 }
 METHODS: tuple[str, ...] = tuple(REGISTRY)
 
