@@ -67,7 +67,8 @@ def comparison_line(root: Path, rev: str = "HEAD") -> str:
                 continue
             if abs(value - old) * 100 > biggest:
                 biggest, where = abs(value - old) * 100, f"{method} {key}"
-    same_splits = all((theirs.get(m) or {}).get("splits") == s.get("splits") for m, s in ours.items())
+    # a method the committed report does not have (a newly added one) ran on no split there
+    same_splits = all((theirs.get(m) or {"splits": 0}).get("splits") == s.get("splits") for m, s in ours.items())
     now = _verdicts(json.loads((root / "reports" / "summary.json").read_text()))
     before = _verdicts(committed(root, "reports/summary.json", rev))
     moved = [f"{claim}: {before.get(claim, 'absent')} → {verdict}" for claim, verdict in now.items()

@@ -238,6 +238,9 @@ def test_the_comparison_line_says_identical_or_by_how_much_and_which_verdicts_mo
     subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
     subprocess.run([*git, "commit", "-qm", "report"], cwd=repo, check=True)
     assert comparison_line(repo) == "compare: identical to the committed report (every score and verdict)."
+    (repo / "reports/scores/new_method.json").write_text('{"splits": 0}')  # registered since, not run
+    assert comparison_line(repo) == "compare: identical to the committed report (every score and verdict)."
+    (repo / "reports/scores/new_method.json").unlink()
 
     table["sdclr"] = [0.80, 0.82, 0.81]  # now level with SimCLR (mean +2.83 points): the DISAGREES verdicts open
     _report(tmp_path / "b", raw_params, "fashion_mnist", table)
