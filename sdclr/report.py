@@ -235,6 +235,21 @@ def comparison_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+#: what each source of claims says, in report.md's order (every ``Claim.source`` has a line here)
+CLAIM_HEADINGS = {
+    "SDCLR paper (Jiang et al. 2021)": "SDCLR should beat SimCLR in accuracy, most on Minor classes, and be more "
+    "balanced.",
+    "Cao & Wu 2024": "The single-branch method (sbid) should match or beat SimCLR, at about half the compute per image "
+    "(its cost is in reports/cost.json: machine-dependent).",
+    "BCL (Zhou et al. 2022)": "Boosting the augmentation of the images the network has not memorised should beat the "
+    "method it boosts (BCL-I over SimCLR, BCL-D over SDCLR), most on Minor classes.",
+    "TS (Kukleva et al. 2023)": "A cosine temperature schedule should beat SimCLR's constant τ, most on Minor classes.",
+    "GH (Zhou et al. 2023)": "Geometric Harmonization should beat the method it is added to (SimCLR, SDCLR), most on "
+    "Minor classes, and make it more balanced.",
+    "pretraining helps": "Every pretrained encoder should beat the untrained one (`random`).",
+}
+
+
 def verdict_sections(rows: list[dict]) -> list[str]:
     """report.md's claims sections, one per source, with how the intervals are computed."""
     md = ["## Claims checked on this run", "",
@@ -244,16 +259,7 @@ def verdict_sections(rows: list[dict]) -> list[str]:
           "interval lies on the claimed side of 0, **disagrees** when it lies on the other side, **inconclusive** "
           "when it contains 0 or there is only one split (no interval). Differences in accuracy points; "
           "balancedness is the std of the three group accuracies (lower = more balanced).", ""]
-    headings = {"SDCLR paper (Jiang et al. 2021)": "SDCLR should beat SimCLR in accuracy, most on Minor classes, "
-                "and be more balanced.",
-                "Cao & Wu 2024": "The single-branch method (sbid) should match or beat SimCLR, at about half the "
-                "compute per image (its cost is in reports/cost.json: machine-dependent).",
-                "BCL (Zhou et al. 2022)": "Boosting the augmentation of the images the network has not memorised "
-                "should beat the method it boosts (BCL-I over SimCLR, BCL-D over SDCLR), most on Minor classes.",
-                "TS (Kukleva et al. 2023)": "A cosine temperature schedule should beat SimCLR's constant τ, most on "
-                "Minor classes.",
-                "pretraining helps": "Every pretrained encoder should beat the untrained one (`random`)."}
-    for source, what in headings.items():
+    for source, what in CLAIM_HEADINGS.items():
         sub = [r for r in rows if r["source"] == source]
         if sub:
             md += [f"### {source}", "", what, "", comparison_table(sub), ""]
@@ -389,6 +395,14 @@ def _not_run(figure: Path, message: str) -> None:
     save_figure(fig, figure)
 
 
+def _axes_per_method(frame: pd.DataFrame, width: float):
+    """One panel per method of ``frame`` (in its order), sharing the y axis: (pyplot, methods, figure, axes)."""
+    plt = _pyplot()
+    methods = list(dict.fromkeys(frame["method"]))
+    fig, axes = plt.subplots(1, len(methods), figsize=(width * len(methods), 3.6), sharey=True, squeeze=False)
+    return plt, methods, fig, axes[0]
+
+
 def bcl_weight_section(weights: pd.DataFrame, figure: Path) -> list[str]:
     """BCL's premise checked on this data: do Minor-class images get a higher w than Major ones?
 
@@ -397,16 +411,14 @@ def bcl_weight_section(weights: pd.DataFrame, figure: Path) -> list[str]:
     if weights.empty:
         _not_run(figure, "BCL did not run: later_methods.splits is empty (--preset later_methods runs it)")
         return []
-    plt = _pyplot()
-    methods = list(dict.fromkeys(weights["method"]))
-    fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.6), sharey=True, squeeze=False)
-    for ax, m in zip(axes[0], methods):
+    plt, methods, fig, axes = _axes_per_method(weights, 4.2)
+    for ax, m in zip(axes, methods):
         sub = weights[weights["method"] == m]
         ax.boxplot([sub.loc[sub["group"] == g, "w"] for g in GROUPS], showfliers=False)
         ax.set_xticks(range(1, len(GROUPS) + 1), GROUPS)
         ax.set_title(f"{m}: w at the last epoch ({sub['split'].nunique()} split(s))", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-    axes[0][0].set_ylabel("w (RandAugment probability)")
+    axes[0].set_ylabel("w (RandAugment probability)")
     fig.tight_layout()
     save_figure(fig, figure)
 
@@ -441,12 +453,10 @@ def gh_prior_section(per_image: pd.DataFrame, num_targets: int, figure: Path) ->
     if clusters.empty:
         _not_run(figure, "GH did not run: later_methods.splits is empty (--preset later_methods runs it)")
         return []
-    plt = _pyplot()
-    methods = list(dict.fromkeys(clusters["method"]))
-    fig, axes = plt.subplots(1, len(methods), figsize=(4.6 * len(methods), 3.6), sharey=True, squeeze=False)
+    plt, methods, fig, axes = _axes_per_method(clusters, 4.6)
     lines = ["| method | targets used | largest π | TV(π, classes) | TV(uniform, classes) | gain | 95 % interval "
              "| splits | premise |", "|" + "---|" * 9]
-    for ax, m in zip(axes[0], methods):
+    for ax, m in zip(axes, methods):
         sub = clusters[clusters["method"] == m]
         tv_prior, tv_uniform, largest, used = {}, {}, [], []
         for split, rows in sub.groupby("split"):
@@ -469,8 +479,8 @@ def gh_prior_section(per_image: pd.DataFrame, num_targets: int, figure: Path) ->
         lines.append(f"| {m} | {np.mean(used):.1f} of {num_targets} | {np.mean(largest):.3f} | "
                      f"{np.mean(list(tv_prior.values())):.3f} | {np.mean(list(tv_uniform.values())):.3f} | "
                      f"{d.mean:+.3f} | {interval} | {d.n} | **{d.verdict(+1)}** |")
-    axes[0][0].set_ylabel("share of the training images")
-    _legend_outside(fig, axes[0][0], 3)
+    axes[0].set_ylabel("share of the training images")
+    _legend_outside(fig, axes[0], 3)
     fig.tight_layout(rect=(0, 0, 1, 0.88))
     save_figure(fig, figure)
     return ["## GH: does the estimated prior π recover the long tail?", "",

@@ -8,14 +8,13 @@ import pytest
 import torch
 import yaml
 
-from sdclr import checkpoint
 from sdclr.config import parse_params
-from sdclr.data.longtail import class_and_group
 from sdclr.encoder_file import ModelSpec
 from sdclr.errors import ParamError
 from sdclr.io import load_npz
 from sdclr.report import gh_prior_section, load_per_image, total_variation
-from sdclr.train import Job, Outputs, build, pretrain
+from sdclr.train import Job, build
+from tests.test_later_methods import straight_and_resumed
 from tests.test_pretrain import tiny_project  # noqa: F401  (the fixture)
 
 GH = {"num_targets": 5, "warmup_epochs": 1, "ramp_epochs": 2, "refresh_every": 2, "sinkhorn_iterations": 50}
@@ -75,27 +74,9 @@ def test_the_prior_memory_follows_each_image_and_pi_is_refreshed_on_schedule(tin
 def test_gh_stopped_and_resumed_equals_an_uninterrupted_run(tiny_project, tmp_path):
     """The targets, each image's memory and π travel in the checkpoint: stopped after the warm-up
     epoch and resumed, SDCLR + GH gives the uninterrupted run's weights, history and clusters."""
-    train = load_npz(tiny_project / "data/raw/fashion_mnist/train.npz")
     split = load_npz(tiny_project / "data/splits/fashion_mnist/split0.npz")
-    labels = train["labels"][split["longtail"]]
-    params = _params(tiny_project, epochs=3)
-    runs = {}
-    for label, stops in (("straight", [None]), ("resumed", [1, None])):
-        d = tmp_path / label
-        d.mkdir()
-        for stop in stops:
-            if stop is None and label == "resumed":
-                saved = checkpoint.load(d / "c.ckpt", "cpu")["method"]
-                assert {"targets", "prior.memory", "prior.prior"} <= set(saved)
-            job = Job("sdclr_gh", 0, train["images"], split["longtail"], ModelSpec(1, [0.3], [0.3]))
-            outputs = Outputs(d / "m.pt", d / "c.ckpt", d / "h.csv", d / "per_image.csv",
-                              class_and_group(labels, split["class_order"]))
-            pretrain(params, job, outputs, log=lambda _: None, stop_after_epoch=stop)
-        runs[label] = d
-    a, b = (checkpoint.load(runs[k] / "m.pt", "cpu")["net"] for k in ("straight", "resumed"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    for f in ("h.csv", "per_image.csv"):
-        assert (runs["straight"] / f).read_text() == (runs["resumed"] / f).read_text()
+    runs = straight_and_resumed(tiny_project, _params(tiny_project, epochs=3), "sdclr_gh", 1, tmp_path,
+                                lambda saved: {"targets", "prior.memory", "prior.prior"} <= set(saved))
     history = pd.read_csv(runs["straight"] / "h.csv")
     assert history["gh_weight"].tolist() == [0.0, 0.5, 1.0] and (history["gh_loss"] > 0).all()
     clusters = pd.read_csv(runs["straight"] / "per_image.csv")
@@ -132,3 +113,13 @@ def test_the_report_compares_pi_with_the_class_frequencies(tmp_path):
     assert cells[7] == "3" and cells[8] == "**agrees**", row
     assert (tmp_path / "gh_prior.png").stat().st_size > 5_000
     assert gh_prior_section(pd.DataFrame(), 5, tmp_path / "none.png") == [] and (tmp_path / "none.png").exists()
+
+
+def test_every_source_of_claims_has_its_section_in_the_report():
+    """A claim whose source has no heading would be computed and never shown (GH's were, at first)."""
+    from sdclr.report import CLAIM_HEADINGS, claims
+
+    assert {c.source for c in claims()} == set(CLAIM_HEADINGS)
+    pairs = {(c.a, c.b, c.metric) for c in claims() if c.source == "GH (Zhou et al. 2023)"}
+    assert pairs == {(gh, base, metric) for gh, base in (("simclr_gh", "simclr"), ("sdclr_gh", "sdclr"))
+                     for metric in ("accuracy", "minor", "balancedness")}

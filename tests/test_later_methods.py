@@ -97,32 +97,41 @@ def test_bcl_boosts_only_from_epoch_two_and_only_with_probability_w(tiny_project
         assert abs(loss1 - plain[base]) > 1e-3
 
 
+def straight_and_resumed(proj, params, method: str, stop: int, tmp_path, carries) -> dict:
+    """Train ``method`` on the tiny split straight and, in another folder, stopped after epoch
+    ``stop`` and resumed (``carries(saved method state)`` must hold for the checkpoint in between);
+    asserts that both end with the same weights, history (h.csv) and per-image state (per_image.csv)."""
+    train, split = _data(proj)
+    labels = train["labels"][split["longtail"]]
+    runs = {}
+    for label, stops in (("straight", [None]), ("resumed", [stop, None])):
+        d = tmp_path / label
+        d.mkdir()
+        for at in stops:
+            if at is None and label == "resumed":
+                saved = checkpoint.load(d / "c.ckpt", "cpu")
+                assert int(saved["epoch"]) == stop and carries(saved["method"]), sorted(saved["method"])
+            job = Job(method, 0, train["images"], split["longtail"], ModelSpec(1, [0.3], [0.3]))
+            outputs = Outputs(d / "m.pt", d / "c.ckpt", d / "h.csv", d / "per_image.csv",
+                              class_and_group(labels, split["class_order"]))
+            pretrain(params, job, outputs, log=lambda _: None, stop_after_epoch=at)
+        runs[label] = d
+    a, b = (checkpoint.load(runs[k] / "m.pt", "cpu")["net"] for k in ("straight", "resumed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for f in ("h.csv", "per_image.csv"):
+        assert (runs["straight"] / f).read_text() == (runs["resumed"] / f).read_text()
+    return runs
+
+
 def test_bcl_stopped_and_resumed_equals_an_uninterrupted_run(tiny_project, tmp_path):
     """The scores travel in the resume checkpoint: weights, history and the last epoch's w and
     scores are identical, bit for bit on the CPU, to a run that was never interrupted. BCL-D
     (both of BCL's parts and SDCLR's masks); epoch 2, after the resume, is a boosting epoch."""
-    method = "bcl_d"
     train, split = _data(tiny_project)
-    params = _params(tiny_project, epochs=2)
     labels = train["labels"][split["longtail"]]
-    runs = {}
-    for label, stops in (("straight", [None]), ("resumed", [1, None])):
-        d = tmp_path / label
-        d.mkdir()
-        for stop in stops:
-            if stop is None and label == "resumed":
-                saved = checkpoint.load(d / "c.ckpt", "cpu")
-                assert int(saved["epoch"]) == 1 and "scores.score" in saved["method"]
-            job = Job(method, 0, train["images"], split["longtail"], ModelSpec(1, [0.3], [0.3]))
-            outputs = Outputs(d / "m.pt", d / "c.ckpt", d / "h.csv", d / "w.csv",
-                              class_and_group(labels, split["class_order"]))
-            pretrain(params, job, outputs, log=lambda _: None, stop_after_epoch=stop)
-        runs[label] = d
-    a, b = (checkpoint.load(runs[k] / "m.pt", "cpu")["net"] for k in ("straight", "resumed"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    for f in ("h.csv", "w.csv"):
-        assert (runs["straight"] / f).read_text() == (runs["resumed"] / f).read_text()
-    w = pd.read_csv(runs["straight"] / "w.csv")
+    runs = straight_and_resumed(tiny_project, _params(tiny_project, epochs=2), "bcl_d", 1, tmp_path,
+                                lambda saved: "scores.score" in saved)
+    w = pd.read_csv(runs["straight"] / "per_image.csv")
     assert list(w.columns) == ["image", "class", "group", "w", "score"]
     assert w["image"].tolist() == split["longtail"].tolist() and w["class"].tolist() == labels.tolist()
     assert set(w["group"]) == {"major", "moderate", "minor"} and w["w"].between(0, 1).all()
