@@ -224,6 +224,30 @@ def test_the_metrics_file_holds_every_probe_and_its_settings():
     assert metrics["full_shot"]["train_size"] == 120 and len(metrics["full_shot"]["val_curve"]) == 5
 
 
+def test_the_authors_probe_scales_its_training_images_as_the_heldout_features_were():
+    """uint8 / 255 (white = 1.0), as :func:`extract_features` gives the validation and test sets:
+    a backbone that records what it is fed sees 1.0 for white images (a crop with zero padding
+    keeps most of the image; /256 would give 0.996)."""
+    from torch import nn
+
+    class Recorder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Linear(1, 1)  # a parameter, so .to() and the probe find a module
+            self.seen = []
+
+        def features(self, x):
+            self.seen.append(float(x.max()))
+            return x.mean(dim=(2, 3))
+
+    net = Recorder()
+    images = np.full((8, 12, 12, 1), 255, np.uint8)
+    heldout = Heldout(torch.zeros(4, 1), torch.tensor([0, 1, 0, 1]), torch.zeros(4, 1), 2)
+    authors_probe(net, images, np.array([0, 1] * 4), heldout, _probe(batch_size=8), epochs=1, milestones=[],
+                  seed=0, device=torch.device("cpu"))
+    assert net.seen == [1.0]
+
+
 def test_the_authors_protocol_trains_through_the_frozen_backbone_on_each_settings_rows():
     from types import SimpleNamespace
 

@@ -57,3 +57,13 @@ def test_scores_travel_in_the_state_dict():
     b.load_state_dict(a.state_dict())
     assert torch.equal(b.score, a.score) and torch.equal(b.seen, a.seen)
     assert torch.equal(b.weights(), a.weights())
+
+
+@pytest.mark.parametrize("beta, ok", [(0.0, True), (0.97, True), (1.0, False), (-0.1, False), (1.5, False)])
+def test_beta_must_lie_in_0_1_with_0_allowed_and_1_not(beta, ok):
+    """β = 0 keeps only the latest loss (allowed); β = 1 would freeze the first one forever."""
+    if ok:
+        assert MemorizationScores(3, beta).beta == beta
+        return
+    with pytest.raises(ValueError, match=rf"beta must be in \[0, 1\), got {beta}"):
+        MemorizationScores(3, beta)
