@@ -386,12 +386,18 @@ def load_per_image(history_root: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def _not_run(figure: Path, message: str) -> None:
+def _rows_with(per_image: pd.DataFrame, column: str) -> pd.DataFrame:
+    """The rows of the methods whose per-image state has ``column`` (BCL's w, GH's cluster)."""
+    return per_image[per_image[column].notna()] if column in per_image else pd.DataFrame()
+
+
+def _not_run(figure: Path, method: str) -> None:
     """dvc.yaml declares every figure: one whose method did not run says so."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 1.2))
     ax.axis("off")
-    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=9)
+    ax.text(0.5, 0.5, f"{method} did not run: later_methods.splits is empty (--preset later_methods runs it)",
+            ha="center", va="center", fontsize=9)
     save_figure(fig, figure)
 
 
@@ -405,11 +411,13 @@ def _axes_per_method(frame: pd.DataFrame, width: float):
 
 def bcl_weight_section(weights: pd.DataFrame, figure: Path) -> list[str]:
     """BCL's premise checked on this data: do Minor-class images get a higher w than Major ones?
+    (``weights``: :func:`load_per_image`'s table; the rows with a w are BCL's.)
 
     Mean w per group and method (over splits), the paired Minor − Major difference over splits
     with its interval, and a figure of w's distribution per group (box plots over images)."""
+    weights = _rows_with(weights, "w")
     if weights.empty:
-        _not_run(figure, "BCL did not run: later_methods.splits is empty (--preset later_methods runs it)")
+        _not_run(figure, "BCL")
         return []
     plt, methods, fig, axes = _axes_per_method(weights, 4.2)
     for ax, m in zip(axes, methods):
@@ -449,9 +457,9 @@ def gh_prior_section(per_image: pd.DataFrame, num_targets: int, figure: Path) ->
     long tail? Each split's π and class frequencies, both sorted from the largest, are compared
     by their total-variation distance, beside the distance of the uniform prior a balanced
     assignment (SwAV's) would impose; the gain is paired over splits."""
-    clusters = per_image[per_image["cluster"].notna()] if "cluster" in per_image else pd.DataFrame()
+    clusters = _rows_with(per_image, "cluster")
     if clusters.empty:
-        _not_run(figure, "GH did not run: later_methods.splits is empty (--preset later_methods runs it)")
+        _not_run(figure, "GH")
         return []
     plt, methods, fig, axes = _axes_per_method(clusters, 4.6)
     lines = ["| method | targets used | largest π | TV(π, classes) | TV(uniform, classes) | gain | 95 % interval "
@@ -549,8 +557,7 @@ def write_report(metrics_root: Path, history_root: Path, splits_summary: Path, p
     md += verdict_sections(paired)
     md += undecided_section(paired, n_splits)
     per_image = load_per_image(history_root)
-    md += bcl_weight_section(per_image[per_image["w"].notna()] if "w" in per_image else pd.DataFrame(),
-                             figures / "bcl_w_by_group.png")
+    md += bcl_weight_section(per_image, figures / "bcl_w_by_group.png")
     md += gh_prior_section(per_image, params.gh.num_targets, figures / "gh_prior.png")
     md += reference_section(params.data.dataset)
     md += ["## Figures", "", "![group accuracy](figures/group_accuracy.png)", ""]

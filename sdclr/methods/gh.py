@@ -57,8 +57,10 @@ class Harmonized:
         t1, t2 = target_logits(z1, self.targets), target_logits(z2, self.targets)
         self.prior.update(gather(indices), t1, self.epoch, self.gh.warmup_epochs)
         g = self.gh
-        harmonization = gh_loss(t1, t2, self.prior.prior, g.temperature, g.sinkhorn_epsilon, g.sinkhorn_iterations)
-        if self.weight > 0:  # in the warm-up it is only logged (π is still uniform there)
+        with torch.set_grad_enabled(self.weight > 0):  # in the warm-up it is only logged: no graph
+            harmonization = gh_loss(t1, t2, self.prior.prior, g.temperature, g.sinkhorn_epsilon,
+                                    g.sinkhorn_iterations)
+        if self.weight > 0:
             loss = loss + self.weight * harmonization
         return loss, {"gh_loss": harmonization.detach()}
 
