@@ -34,4 +34,6 @@ if [ ${#dvc_args[@]} -gt 0 ]; then
 else
   python -m sdclr.parallel --jobs "$jobs" --per-gpu "$per_gpu" ${targets[@]+"${targets[@]}"}
 fi
-python -m sdclr.compare
+# this CPU's kernels, op by op: committed with the report, and what compare explains a difference with
+python -m sdclr.fingerprint --out reports/fingerprint.jsonl
+python -m sdclr.compare --fingerprint reports/fingerprint.jsonl

@@ -269,7 +269,7 @@ class Params:
     seed: int = _p(non_negative("an integer"), "seed of every random draw")
     device: str = _p(_device, "where training runs")
     numerics: Literal["portable", "native"] = _p(
-        None, "portable: AVX2 kernels and 1 thread per stage, the same bytes on any x86-64 CPU | native: the "
+        None, "portable: AVX2 kernels (MKL: its vendor-independent branch) and 1 thread per stage, the same bytes on any x86-64 CPU | native: the "
         "CPU's best kernels and cores (faster, CPU-dependent numbers)")
     prune_ratio: float = _p(_range(lo=0, hi=1, hi_open=True, what="a fraction"), "SDCLR: fraction of conv weights pruned")
     data: DataParams = _p()

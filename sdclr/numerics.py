@@ -2,15 +2,18 @@
 
 Floating-point results on a CPU depend on three things besides the code and the seed:
 
-- **the kernel level** each library dispatches to at run time. ATen (torch's own
-  kernels), oneDNN (convolutions) and MKL (matrix products) each pick their widest
-  instructions, so an AVX-512 machine sums in a different order from an AVX2 one;
+- **the kernel level and code path** each library dispatches to at run time. ATen (torch's
+  own kernels), oneDNN (convolutions) and MKL (matrix products) each pick their widest
+  instructions, so an AVX-512 machine sums in a different order from an AVX2 one; MKL also
+  picks its code path by CPU vendor, so even pinned to AVX2 its linear layers gave an Intel
+  Xeon other bytes than an AMD EPYC;
 - **the intra-op thread count**, which splits reductions into different partial sums;
-- nothing else we have found: the same pinned stage gave bit-identical encoders on an
-  AVX2 and an AVX-512 EPYC (docs/measurements.md).
+- nothing else we have found: under these pins an Intel Xeon (AVX-512, AMX) and an AMD EPYC
+  (AVX2) gave the same bytes for each of 42 kernels of a training step, compared one by one
+  (:mod:`sdclr.fingerprint` keeps that comparison for every new machine; docs/measurements.md).
 
-``numerics: portable`` (the default) pins all three libraries to AVX2 and runs each stage
-process on one intra-op thread; the parallel runner (:mod:`sdclr.parallel`) gets the
+``numerics: portable`` (the default) pins ATen and oneDNN to AVX2 and MKL to its
+vendor-independent branch, and runs each stage process on one intra-op thread; the parallel runner (:mod:`sdclr.parallel`) gets the
 throughput back by running independent stages side by side. ``numerics: native`` lets
 each library use the machine's best kernels and all its cores: faster, but the numbers
 then belong to that CPU, and the report says so.
@@ -28,9 +31,11 @@ import sys
 from pathlib import Path
 
 MODES = ("portable", "native")
-#: environment that pins each library's kernel level to AVX2 (MKL_CBWR: MKL's own
-#: "conditional numerical reproducibility" switch, which also fixes its code path)
-PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
+#: environment that pins each library's kernel level: ATen and oneDNN to AVX2; MKL (the matrix
+#: products of linear layers and the loss) to its "conditional numerical reproducibility" branch
+#: COMPATIBLE, the one Intel documents as giving the same results on Intel and non-Intel CPUs
+#: (MKL_CBWR=AVX2 gave an Intel Xeon other bytes than an AMD EPYC in the linear layers)
+PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "COMPATIBLE"}
 #: intra-op threads of a portable stage: part of the numerics (a reduction's partial sums)
 PORTABLE_THREADS = 1
 #: environment that sets the thread pools' size before they start (OpenMP reads it once)
@@ -115,7 +120,7 @@ def apply(mode: str) -> None:
         return
     torch.set_num_threads(PORTABLE_THREADS)
     level = torch.backends.cpu.get_cpu_capability()
-    if level != "AVX2" or os.environ.get("ONEDNN_MAX_CPU_ISA") != "AVX2":
+    if level != "AVX2" or any(os.environ.get(name) != value for name, value in PORTABLE_ENV.items()):
         raise SdclrError(f"numerics: portable needs the AVX2 kernels, but torch already runs {level} kernels here "
                          f"(it was imported before the pin); call sdclr.numerics.pin_before_torch() before importing "
                          f"torch, or set numerics: native in params.yaml.")
@@ -133,7 +138,7 @@ def describe(mode: str, device=None) -> str:
     if device is not None and torch.device(device).type == "cuda":
         return f"CUDA ({torch.cuda.get_device_name(device)})"
     if effective_mode(mode) == "portable":
-        return f"portable (AVX2 kernels, {PORTABLE_THREADS} thread)"
+        return f"portable (AVX2 kernels, MKL {PORTABLE_ENV['MKL_CBWR']}, {PORTABLE_THREADS} thread)"
     return (f"native ({cpu_model()}, {torch.backends.cpu.get_cpu_capability()} kernels, "
             f"{torch.get_num_threads()} threads)")
 

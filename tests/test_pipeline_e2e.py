@@ -127,7 +127,7 @@ def test_tiny_pipeline_end_to_end(tmp_path):
                             text=True).stdout.splitlines()
     assert status == [" M reports/cost.json"], status
     for stage, cost in json.loads((clone / "reports/cost.json").read_text()).items():
-        assert cost["numerics"] == "portable (AVX2 kernels, 1 thread)" and cost["device"].endswith(", 1 thread"), stage
+        assert cost["numerics"] == "portable (AVX2 kernels, MKL COMPATIBLE, 1 thread)" and cost["device"].endswith(", 1 thread"), stage
 
     # The clone's own store holds every row of the report, `random` included, as a researcher's
     # browser sees it through `mlflow server` (tests/mlflow_ui.py checks the REST API).

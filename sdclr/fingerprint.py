@@ -1,0 +1,267 @@
+"""This CPU's numerics fingerprint: which bytes each kernel of a training step gives here.
+
+    python -m sdclr.fingerprint                                    # this machine's, as JSON lines
+    python -m sdclr.fingerprint --out reports/fingerprint.jsonl    # kept beside the committed report
+    python -m sdclr.fingerprint --compare reports/fingerprint.jsonl
+
+Portable numerics promise the same bytes on every x86-64 CPU. A promise like that can only
+be checked op by op: two CPUs that agree on every kernel a stage runs train the same
+encoder, and two that disagree on one (a matrix product summed in another order) do not.
+So each op a pretraining or an evaluation runs is applied here, under the stage's own pins,
+to inputs drawn with numpy (no torch RNG kernel involved), at the shapes of this project's
+params (every convolution of the real network, found by hooks on it), and the sha256 of its
+outputs is recorded, with the op's *group* ("conv backward", "linear layers", ...) that
+:mod:`sdclr.compare` names when a run differs from the committed one. Whole training steps
+of the default methods close the list: if every op agrees and a step does not, the list is
+missing a kernel.
+
+On one machine the fingerprint is the same on every run (tested); the committed one,
+``reports/fingerprint.jsonl``, is that of the machine that made the committed report
+(written by ``scripts/reproduce.sh``). Numbers measured with it are in docs/measurements.md.
+This module imports torch only inside functions: the pins must be set before it loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+#: the fingerprint file's format; files of another version are not compared
+VERSION = 1
+
+
+def read(path: str | Path) -> tuple[dict, dict[str, dict]]:
+    """A fingerprint file: (its header, {op: {"group", "sha"}})."""
+    return parse(Path(path).read_text())
+
+
+def parse(text: str) -> tuple[dict, dict[str, dict]]:
+    """A fingerprint's JSON lines: the first is the header, each other one an op."""
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+    if not lines or lines[0].get("fingerprint") != VERSION:
+        raise ValueError(f"not a version-{VERSION} fingerprint (its first line must be the header)")
+    return lines[0], {r["op"]: {"group": r["group"], "sha": r["sha"]} for r in lines[1:]}
+
+
+def differing_groups(ours: dict[str, dict], theirs: dict[str, dict]) -> tuple[list[str], int]:
+    """The groups with at least one op whose bytes differ (in first-seen order), and how many ops both have."""
+    common = [op for op in ours if op in theirs]
+    groups = [ours[op]["group"] for op in common if ours[op]["sha"] != theirs[op]["sha"]]
+    return list(dict.fromkeys(groups)), len(common)
+
+
+def explain(ours: dict[str, dict], theirs: dict[str, dict], other: str = "the committed machine's") -> str:
+    """One clause on whether this CPU's kernels give ``other`` fingerprint's bytes, and what follows."""
+    groups, common = differing_groups(ours, theirs)
+    if common == 0:
+        return f"this fingerprint and {other} share no op (other params' shapes), so they cannot be compared"
+    if not groups:
+        return (f"this CPU's fingerprint matches {other} on all {common} ops, so the kernels are not the cause: "
+                "params, code or data differ")
+    verb = "differs" if len(groups) == 1 else "differ"
+    return f"this CPU's {_join(groups)} {verb} from {other}, so trained numbers differ"
+
+
+def _join(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+# --- measuring (torch is imported here, after the pins) -------------------------------------------------
+
+class _Recorder:
+    """Draws inputs from one numpy stream (the same on every CPU) and hashes outputs, op by op."""
+
+    def __init__(self):
+        import numpy as np
+
+        self.rng = np.random.default_rng(0)
+        self.rows: list[dict] = []
+
+    def tensor(self, *shape, grad: bool = False):
+        import torch
+
+        x = torch.from_numpy(self.rng.standard_normal(shape).astype("float32"))
+        return x.requires_grad_(grad)
+
+    def record(self, group: str, op: str, *outputs) -> None:
+        digest = hashlib.sha256()
+        for x in outputs:
+            digest.update(x.detach().contiguous().numpy().tobytes())
+        self.rows.append({"op": op, "group": group, "sha": digest.hexdigest()[:16]})
+
+
+def _conv_configs(net, example) -> list[tuple]:
+    """Every distinct convolution of ``net`` at its real input size: (cin, cout, k, stride, size), via hooks."""
+    import torch
+
+    seen: dict[tuple, None] = {}
+
+    def hook(module, inputs, _output):
+        seen[(module.in_channels, module.out_channels, module.kernel_size[0], module.stride[0],
+              inputs[0].shape[-1])] = None
+
+    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        net.eval()(example)
+    for h in handles:
+        h.remove()
+    return list(seen)
+
+
+def _kernel_ops(rec: _Recorder, params, net, size: int, channels: int) -> None:
+    """The low-level kernels of a training step, at the network's shapes and the training batch (2 views)."""
+    import torch
+    import torch.nn.functional as F
+
+    batch = 2 * params.pretrain.batch_size
+    for cin, cout, k, stride, at in _conv_configs(net.backbone, torch.zeros(2, channels, size, size)):
+        name = f"conv{k}x{k} {cin}->{cout} @{at} s{stride}"
+        x, w = rec.tensor(batch, cin, at, at, grad=True), rec.tensor(cout, cin, k, k, grad=True)
+        y = F.conv2d(x, w, stride=stride, padding=k // 2)
+        rec.record("conv forward", f"{name} forward", y)
+        y.backward(rec.tensor(*y.shape))
+        rec.record("conv backward", f"{name} grad input", x.grad)
+        rec.record("conv backward", f"{name} grad weight", w.grad)
+        xl = x.detach().contiguous(memory_format=torch.channels_last)  # feature extraction's layout
+        with torch.no_grad():
+            rec.record("conv forward, channels_last (evaluation)", f"{name} channels_last forward",
+                       F.conv2d(xl, w.detach().contiguous(memory_format=torch.channels_last), stride=stride,
+                                padding=k // 2))
+
+    c = params.model.width * 2
+    x, weight, bias = rec.tensor(batch, c, 14, 14, grad=True), rec.tensor(c, grad=True), rec.tensor(c, grad=True)
+    y = F.batch_norm(x, torch.zeros(c), torch.ones(c), weight, bias, training=True)
+    rec.record("batch norm", "batch_norm train forward", y)
+    y.backward(rec.tensor(*y.shape))
+    rec.record("batch norm", "batch_norm train grads", x.grad, weight.grad, bias.grad)
+
+    feat, hidden, out = params.model.width * 8, params.model.head_hidden, params.model.proj_dim
+    x, w1, w2 = rec.tensor(batch, feat, grad=True), rec.tensor(hidden, feat, grad=True), rec.tensor(out, hidden, grad=True)
+    z = F.linear(F.relu(F.linear(x, w1)), w2)
+    rec.record("linear layers", f"projection head {feat}->{hidden}->{out} forward", z)
+    z.backward(rec.tensor(*z.shape))
+    rec.record("linear layers", f"projection head {feat}->{hidden}->{out} grads", x.grad, w1.grad, w2.grad)
+
+    p = rec.tensor(batch, feat, 4, 4, grad=True)
+    q = F.adaptive_avg_pool2d(p, 1)
+    q.backward(rec.tensor(*q.shape))
+    rec.record("pooling", "adaptive_avg_pool2d forward and backward", q, p.grad)
+
+    params_ = [rec.tensor(feat, feat, 3, 3).requires_grad_(True), rec.tensor(hidden, feat).requires_grad_(True)]
+    opt = torch.optim.SGD(params_, lr=0.5, momentum=0.9, weight_decay=1e-4)
+    for _ in range(3):
+        for t in params_:
+            t.grad = rec.tensor(*t.shape)
+        opt.step()
+    rec.record("SGD", "SGD with momentum and weight decay, 3 steps", *params_)
+
+    a, b = rec.tensor(1024, feat), rec.tensor(feat, 6000)
+    rec.record("kNN similarities", f"matmul 1024x{feat} @ {feat}x6000", a @ b)
+
+
+def _project_ops(rec: _Recorder, params, images, spec) -> None:
+    """The project's own functions: NT-Xent, the batched augmentation, a probe step, whole training steps."""
+    import numpy as np
+    import torch
+
+    from sdclr.data.augment import BatchAugment
+    from sdclr.evaluate import _linear_head, _probe_step
+    from sdclr.losses import nt_xent
+    from sdclr.train import Job, build
+
+    z1, z2 = rec.tensor(params.pretrain.batch_size, params.model.proj_dim, grad=True), \
+        rec.tensor(params.pretrain.batch_size, params.model.proj_dim, grad=True)
+    loss = nt_xent(z1, z2, params.pretrain.temperature)
+    loss.backward()
+    rec.record("NT-Xent loss", "nt_xent loss and grads", loss, z1.grad, z2.grad)
+
+    batch = torch.from_numpy(images[: params.pretrain.batch_size]).permute(0, 3, 1, 2).contiguous()
+    gen = torch.Generator().manual_seed(0)
+    rec.record("augmentation", "BatchAugment (crop, flip, resample)", BatchAugment(params.augment, spec.in_channels)(batch, gen))
+
+    head = _linear_head(params.model.width * 8, 10, torch.Generator().manual_seed(0), "cpu")
+    opt = torch.optim.SGD(head.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    _probe_step(head, opt, rec.tensor(256, params.model.width * 8), torch.from_numpy(rec.rng.integers(0, 10, 256)))
+    rec.record("linear probe (evaluation)", "probe SGD step", head.weight, head.bias)
+
+    for method in ("simclr", "sdclr", "sbid"):
+        training = build(params, Job(method, 0, images, np.arange(len(images)), spec))
+        training.method.initialise(training.data, training.gen, training.local_batch, None)
+        training.step_fn.train()
+        training.method.on_epoch_start(0)
+        for _ in range(2):
+            training.step(torch.randperm(len(training.positions), generator=training.gen)[: training.local_batch])
+        shape = f"width {params.model.width}, batch {params.pretrain.batch_size}"
+        rec.record(f"a whole training step ({method})", f"{method}: weights after 2 steps ({shape})",
+                   *training.method.state_dict().values())
+
+
+def measure(params_path: str | Path = "params.yaml") -> list[dict]:
+    """This process's fingerprint at the shapes of ``params_path`` (CPU, eager, as a portable stage runs)."""
+    import numpy as np
+    import torch
+    import yaml
+
+    from sdclr.config import parse_params
+    from sdclr.encoder_file import ModelSpec
+    from sdclr.models import build_model
+    from sdclr.methods import method_class
+    from sdclr.numerics import apply
+
+    raw = yaml.safe_load(Path(params_path).read_text())
+    raw.update(device="cpu")
+    raw["pretrain"].update(compile=False, nproc=1, amp="off", channels_last="off")
+    params = parse_params(raw)
+    apply(params.numerics)
+    size, channels = 28, 1  # Fashion-MNIST's images: the CPU default's
+    rec = _Recorder()
+    images = rec.rng.integers(0, 256, (4 * params.pretrain.batch_size, size, size, channels), dtype=np.uint8)
+    spec = ModelSpec(channels, [0.5] * channels, [0.25] * channels)
+    torch.manual_seed(0)
+    net = build_model(params.model.width, channels, spec.mean, spec.std, method_class("simclr").head_spec(params))
+    _kernel_ops(rec, params, net, size, channels)
+    _project_ops(rec, params, images, spec)
+    return rec.rows
+
+
+def header(params_path: str | Path) -> dict:
+    """What the fingerprint was taken on and under (read by a person; not compared)."""
+    import torch
+
+    from sdclr.numerics import PORTABLE_ENV, cpu_model, describe, mode_in_params
+
+    mode = mode_in_params(params_path)
+    return {"fingerprint": VERSION, "cpu": cpu_model(), "torch": torch.__version__, "numerics": describe(mode),
+            "pins": PORTABLE_ENV, "kernels": torch.backends.cpu.get_cpu_capability()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", default="params.yaml", help="the params file whose shapes and numerics to use")
+    parser.add_argument("--out", type=Path, help="write the fingerprint here (JSON lines) instead of printing it")
+    parser.add_argument("--compare", type=Path, help="another machine's fingerprint file: name the groups that differ")
+    args = parser.parse_args(argv)
+    text = "\n".join(json.dumps(r) for r in [header(args.params), *measure(args.params)]) + "\n"
+    if args.compare:
+        _, ours = parse(text)
+        _, theirs = read(args.compare)
+        print(explain(ours, theirs, f"{args.compare}'s") + ".")
+        return 1 if differing_groups(ours, theirs)[0] else 0
+    if args.out:
+        from sdclr.io import write_bytes
+
+        write_bytes(args.out, text.encode())
+        print(f"fingerprint: {len(text.splitlines()) - 1} ops → {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    from sdclr.numerics import pin_before_torch
+
+    pin_before_torch()  # first: torch reads its kernel level once, when it loads
+    sys.exit(main())
