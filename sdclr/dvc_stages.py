@@ -210,7 +210,8 @@ def render() -> str:
         *_uncached("metrics", [f"reports/scores/{m}.json" for m in ("random", *METHODS)]),
         *_uncached("outs", ["reports/summary.json", "reports/pretrain_loss.csv", "reports/report.md"]),
         *_uncached("plots", [f"reports/figures/{f}.png" for f in ("group_accuracy", "pretrain_loss", "class_counts",
-                                                                   "bcl_w_by_group", "gh_prior")]),
+                                                                   "bcl_w_by_group", "gh_prior",
+                                                                   "paired_differences")]),
         "",
     ]
     return HEADER + "\n".join(lines) + "\n" + PLOTS

@@ -6,7 +6,9 @@ splits of the per-split group std, and the std of the split-averaged group accur
 Accuracies, balancedness and their differences are fractions in [0, 1] in every file written
 here, as in the evaluate stages' metrics files; only report.md and the figures show %.
 Claims (SDCLR over SimCLR, sbid over SimCLR, any method over the untrained encoder) are
-judged by paired differences over splits with a Student-t interval (:mod:`sdclr.stats`).
+judged by paired differences over splits with a Student-t interval (:mod:`sdclr.stats`), and
+once more family-wise: each source's claims are one family, their paired t p-values adjusted by
+Holm's method, so a reader knows which verdicts survive testing that many claims at once.
 
 Everything written here is a function of the metrics files, histories and params only, so a
 re-run of the same commit gives the same bytes; machine timings live in reports/cost.json.
@@ -37,7 +39,8 @@ from sdclr.io import write_bytes, write_json
 from sdclr.methods import METHODS, method_class
 from sdclr.plots import _pyplot, plot_class_counts, save_figure
 from sdclr.presets import PRESET_DIR
-from sdclr.stats import CONFIDENCE, paired_difference, splits_to_decide
+from sdclr.stats import (AGREES, ALPHA, CONFIDENCE, DISAGREES, INCONCLUSIVE, holm, paired_difference,
+                         splits_to_decide, verdict_from_p)
 
 KINDS = {"full_shot": "Linear probe, full-shot", "few_shot": "Linear probe, few-shot (1 % per class)", "knn": "kNN"}
 GROUPS = ("major", "moderate", "minor")
@@ -115,6 +118,12 @@ def _round(x: float) -> float:
     return round(float(x), DECIMALS)
 
 
+def _round_p(p: float | None) -> float | None:
+    """A p-value kept to 4 significant digits: fixed decimals would turn a small p (a clearly
+    decided claim, e.g. 2e-7) into 0, which a p-value never is unless the splits all agree exactly."""
+    return None if p is None else float(f"{p:.4g}")
+
+
 def _std(values: pd.Series) -> float | None:
     """Sample std over splits; None with one split (no spread can be measured from one draw)."""
     return _round(values.std(ddof=1)) if len(values) >= 2 else None
@@ -134,8 +143,9 @@ def aggregate(df: pd.DataFrame) -> dict:
 
 
 def compare(df: pd.DataFrame) -> list[dict]:
-    """Every claim whose two methods are in ``df``: paired difference, interval and verdict."""
-    out = []
+    """Every claim whose two methods are in ``df``: paired difference, interval and verdict, the
+    paired t test's p, and the p and verdict family-wise (Holm over the claims of its source)."""
+    out, tests = [], []
     for c in claims():
         values = {}
         for method in (c.a, c.b):
@@ -144,10 +154,17 @@ def compare(df: pd.DataFrame) -> list[dict]:
         if not values[c.a] or not values[c.b] or not set(values[c.a]) & set(values[c.b]):
             continue
         d = paired_difference(values[c.a], values[c.b])
+        tests.append(d)
         out.append({"a": c.a, "b": c.b, "kind": c.kind, "metric": c.metric, "direction": c.direction,
                     "source": c.source, "splits": d.n, "mean": _round(d.mean),
                     "sd": None if d.sd is None else _round(d.sd), "low": None if d.low is None else _round(d.low),
-                    "high": None if d.high is None else _round(d.high), "verdict": d.verdict(c.direction)})
+                    "high": None if d.high is None else _round(d.high), "verdict": d.verdict(c.direction),
+                    "p": _round_p(d.p)})
+    for source in dict.fromkeys(r["source"] for r in out):
+        family = [i for i, r in enumerate(out) if r["source"] == source]
+        for i, p in zip(family, holm([tests[i].p for i in family])):
+            out[i]["p_holm"] = _round_p(p)
+            out[i]["verdict_family"] = verdict_from_p(tests[i].mean, p, out[i]["direction"])
     return out
 
 
@@ -223,16 +240,46 @@ _METRIC_WORDS = {"accuracy": "accuracy", "minor": "Minor-group accuracy", "balan
 _SHORT_KIND = {"full_shot": "full-shot", "few_shot": "few-shot", "knn": "kNN"}
 
 
+def _p_text(p: float | None) -> str:
+    """A p-value as report.md shows it: 3 decimals, ``< 0.001`` below, ``—`` when not tested."""
+    if p is None:
+        return "—"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _tested(rows: list[dict]) -> int:
+    """How many claims of ``rows`` have a p-value: the family size Holm's correction counts."""
+    return sum(r["p"] is not None for r in rows)
+
+
 def comparison_table(rows: list[dict]) -> str:
-    lines = ["| claim | probe | metric | claimed | mean difference | 95 % interval | splits | verdict |",
-             "|" + "---|" * 8]
+    """One source's claims: the per-claim verdict (interval), then its p-value and the family-wise
+    verdict (Holm over these rows)."""
+    lines = ["| claim | probe | metric | claimed | mean difference | 95 % interval | splits | verdict | p (paired t) "
+             f"| Holm p (family of {_tested(rows)}) | family-wise verdict |", "|" + "---|" * 11]
     for r in rows:
         interval = "—" if r["low"] is None else f"[{_pct(r['low']):+.2f}, {_pct(r['high']):+.2f}]"
         verdict = r["verdict"] + (" (one split)" if r["splits"] == 1 else "")
         lines.append(f"| {r['a']} − {r['b']} | {_SHORT_KIND[r['kind']]} | {_METRIC_WORDS[r['metric']]} | "
                      f"{'> 0' if r['direction'] > 0 else '< 0'} | {_pct(r['mean']):+.2f} | {interval} | {r['splits']} | "
-                     f"**{verdict}** |")
+                     f"**{verdict}** | {_p_text(r['p'])} | {_p_text(r['p_holm'])} | **{r['verdict_family']}** |")
     return "\n".join(lines)
+
+
+def chance_sentence(rows: list[dict]) -> str:
+    """How many decided verdicts one family would give by chance alone if no claim were true:
+    each tested claim is decided with probability 1 − CONFIDENCE under H0, so N × 0.05 on
+    average whatever their dependence; Holm bounds the chance of any false decision instead."""
+    n, untested = _tested(rows), len(rows) - _tested(rows)
+    if n == 0:
+        return "No claim here has a p-value (one split each), so none can be decided, per claim or family-wise."
+    level = f"{100 * CONFIDENCE:.0f} %"
+    claims_ = f"{n} claims tested at {level} each" if n > 1 else f"1 claim tested at {level}"
+    out = (f"With {claims_}, on average {n * ALPHA:.2f} would be decided by chance alone if no method differed; "
+           f"Holm's correction keeps the chance of any false decision in this family at most {100 * ALPHA:.0f} %.")
+    if untested:
+        out += f" The other {untested} claim(s) have one split and no p-value, so they are not counted."
+    return out
 
 
 #: what each source of claims says, in report.md's order (every ``Claim.source`` has a line here)
@@ -250,20 +297,88 @@ CLAIM_HEADINGS = {
 }
 
 
-def verdict_sections(rows: list[dict]) -> list[str]:
-    """report.md's claims sections, one per source, with how the intervals are computed."""
+def verdict_sections(rows: list[dict], figure: Path) -> list[str]:
+    """report.md's claims sections, one per source, with how the intervals and the family-wise
+    verdicts are computed, and the forest figure of every claim (written to ``figure``)."""
+    plot_paired_differences(rows, figure)
     md = ["## Claims checked on this run", "",
           f"Paired over splits: for each split k the difference d_k = a_k − b_k (both methods trained on the "
           f"same long-tail subset), then mean(d) with a {CONFIDENCE:.0%} Student-t interval "
           "mean ± t(0.975, n − 1) · s / √n (s = sample std of the d_k, n = splits). Verdict: **agrees** when the "
           "interval lies on the claimed side of 0, **disagrees** when it lies on the other side, **inconclusive** "
           "when it contains 0 or there is only one split (no interval). Differences in accuracy points; "
-          "balancedness is the std of the three group accuracies (lower = more balanced).", ""]
+          "balancedness is the std of the three group accuracies (lower = more balanced). "
+          "The paired t test's two-sided p (t = mean / (s / √n)) is below 0.05 exactly when the interval "
+          "excludes 0. The claims under one heading below form a family, tested together: Holm's correction "
+          "multiplies the smallest of its N p-values by N, the next by N − 1, and so on (kept non-decreasing, "
+          "capped at 1), and the **family-wise verdict** decides a claim only when this Holm p is below 0.05, "
+          "which keeps the chance of any false decision in the family at most 5 %, however the claims depend "
+          "on each other.", "",
+          f"![paired differences](figures/{figure.name})", "",
+          "Every claim at a glance, each heading on its own scale: the paired mean difference with its 95 % "
+          "interval, turned so that right of 0 is the claimed direction; colour is the per-claim verdict, a "
+          "filled dot a claim still decided family-wise.", ""]
     for source, what in CLAIM_HEADINGS.items():
         sub = [r for r in rows if r["source"] == source]
         if sub:
-            md += [f"### {source}", "", what, "", comparison_table(sub), ""]
+            md += [f"### {source}", "", what, "", comparison_table(sub), "", chance_sentence(sub), ""]
     return md
+
+
+#: a claim's per-claim verdict as the forest figure colours it
+VERDICT_COLOURS = {AGREES: "#2ca02c", DISAGREES: "#d62728", INCONCLUSIVE: "#8c8c8c"}
+
+
+def _claim_label(r: dict) -> str:
+    """A figure row's name: ``sdclr − simclr few-shot Minor``; a claim of a − b < 0 says its sign is flipped."""
+    metric = {"accuracy": "accuracy", "minor": "Minor", "balancedness": "balancedness"}[r["metric"]]
+    return f"{r['a']} − {r['b']} {_SHORT_KIND[r['kind']]} {metric}" + (" (sign flipped)" if r["direction"] < 0 else "")
+
+
+def plot_paired_differences(rows: list[dict], path: Path) -> None:
+    """A forest plot of :func:`compare`'s rows: one panel per claim source (each its own x scale,
+    since "pretraining helps" differs by tens of points where the papers' claims differ by one),
+    one row per claim with its mean difference and 95 % interval in points, multiplied by the
+    claimed direction so that right of 0 always reads "as claimed". Colour: the per-claim verdict;
+    a filled dot: still decided family-wise (Holm), hollow: not."""
+    plt = _pyplot()
+    sources = list(dict.fromkeys(r["source"] for r in rows))
+    if not sources:
+        _message_figure(path, "no claim could be checked: no two methods of a claim ran on a common split")
+        return
+    sizes = [sum(r["source"] == s for r in rows) for s in sources]
+    # every row the same height: the panels' heights follow their rows, titles and ticks add 0.75 in each
+    fig, axes = plt.subplots(len(sources), 1, figsize=(9, 1.1 + sum(0.27 * n + 0.75 for n in sizes)),
+                             gridspec_kw={"height_ratios": sizes}, squeeze=False)
+    for ax, source in zip(axes[:, 0], sources):
+        sub = [r for r in rows if r["source"] == source]
+        for y, r in enumerate(sub):
+            colour, x = VERDICT_COLOURS[r["verdict"]], r["direction"] * _pct(r["mean"])
+            if r["low"] is not None:
+                low, high = sorted(r["direction"] * _pct(v) for v in (r["low"], r["high"]))
+                ax.errorbar(x, y, xerr=[[x - low], [high - x]], fmt="none", ecolor=colour, elinewidth=2, capsize=3)
+            filled = r["verdict_family"] != INCONCLUSIVE
+            ax.plot(x, y, "o", ms=7, mew=1.8, mec=colour, mfc=colour if filled else "white")
+        ax.axvline(0, color="black", lw=1)
+        ax.set_yticks(range(len(sub)), [_claim_label(r) for r in sub], fontsize=8)
+        ax.set_ylim(len(sub) - 0.5, -0.5)
+        tested = f"Holm family of {_tested(sub)}" if _tested(sub) else "one split: no interval, nothing tested"
+        ax.set_title(f"{source} ({tested})", fontsize=9, loc="left", fontweight="bold")
+        ax.tick_params(axis="x", labelsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    axes[-1, 0].set_xlabel("paired mean difference in the claimed direction, accuracy points, with 95 % interval\n"
+                           "(right of 0 = as claimed; sign flipped where lower is claimed, i.e. balancedness)",
+                           fontsize=8)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], ls="", marker="s", ms=8, color=c, label=v) for v, c in VERDICT_COLOURS.items()]
+    handles += [Line2D([], [], ls="", marker="o", ms=7, mew=1.8, color="black", label="decided family-wise (Holm)"),
+                Line2D([], [], ls="", marker="o", ms=7, mew=1.8, color="black", mfc="white",
+                       label="not decided family-wise")]
+    height = fig.get_figheight()
+    fig.legend(handles=handles, loc="upper center", ncol=5, fontsize=8, frameon=False, bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / height))
+    save_figure(fig, path)
 
 
 def undecided_section(rows: list[dict], n_splits: int) -> list[str]:
@@ -393,11 +508,15 @@ def _rows_with(per_image: pd.DataFrame, column: str) -> pd.DataFrame:
 
 def _not_run(figure: Path, method: str) -> None:
     """dvc.yaml declares every figure: one whose method did not run says so."""
+    _message_figure(figure, f"{method} did not run: later_methods.splits is empty (--preset later_methods runs it)")
+
+
+def _message_figure(figure: Path, text: str) -> None:
+    """A figure that only says why it has nothing to show (dvc.yaml declares every figure)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 1.2))
     ax.axis("off")
-    ax.text(0.5, 0.5, f"{method} did not run: later_methods.splits is empty (--preset later_methods runs it)",
-            ha="center", va="center", fontsize=9)
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=9)
     save_figure(fig, figure)
 
 
@@ -554,7 +673,7 @@ def write_report(metrics_root: Path, history_root: Path, splits_summary: Path, p
     ]
     for kind, title in KINDS.items():
         md += [f"## {title}", "", markdown_table(agg, kind), ""]
-    md += verdict_sections(paired)
+    md += verdict_sections(paired, figures / "paired_differences.png")
     md += undecided_section(paired, n_splits)
     per_image = load_per_image(history_root)
     md += bcl_weight_section(per_image, figures / "bcl_w_by_group.png")

@@ -140,7 +140,7 @@ def _fake_outputs(proj: Path, later_methods: bool = False) -> None:
                 "data/splits/fashion_mnist/pool_val.npz", "data/splits/fashion_mnist/summary.json",
                 "reports/report.md", "reports/summary.json", "reports/pretrain_loss.csv",
                 *(f"reports/figures/{f}.png" for f in ("group_accuracy", "pretrain_loss", "class_counts",
-                                                        "bcl_w_by_group", "gh_prior"))):
+                                                        "bcl_w_by_group", "gh_prior", "paired_differences"))):
         (proj / rel).parent.mkdir(parents=True, exist_ok=True)
         (proj / rel).write_text(rel)
     trained = [m for m in METHODS if later_methods or method_class(m).splits_key == "subsample.splits"]

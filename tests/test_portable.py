@@ -88,7 +88,8 @@ def test_adding_a_split_reruns_only_that_splits_stages_and_the_report(tmp_path):
 def _fake_trained_outputs(proj, splits) -> None:
     """A file at every trained output of the given splits and the report's, so `dvc commit` can lock them."""
     rels = ["reports/report.md", "reports/summary.json", "reports/pretrain_loss.csv",
-            *(f"reports/figures/{f}.png" for f in ("group_accuracy", "pretrain_loss", "class_counts", "bcl_w_by_group", "gh_prior")),
+            *(f"reports/figures/{f}.png" for f in ("group_accuracy", "pretrain_loss", "class_counts", "bcl_w_by_group",
+                                                   "gh_prior", "paired_differences")),
             *(f"reports/scores/{m}.json" for m in ("random", "simclr", "sdclr", "sbid", "simclr_ts", "bcl_i", "bcl_d", "simclr_gh", "sdclr_gh"))]
     for k in splits:
         for m in ("simclr", "sdclr", "sbid"):
