@@ -69,7 +69,7 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     for needle in ("## Linear probe, full-shot", "| simclr |", "| sdclr |", "| sbid |", "| random |",
                    "## Deviations from the paper's recipe", "figures/group_accuracy.png"):
         assert needle in report
-    for fig in ("group_accuracy", "pretrain_loss", "class_counts"):
+    for fig in ("group_accuracy", "pretrain_loss", "class_counts", "paired_differences"):
         assert (proj / f"reports/figures/{fig}.png").stat().st_size > 5_000
     summary = json.loads((proj / "reports/summary.json").read_text())
     assert {"random", "simclr", "sdclr", "sbid"} <= set(summary)
@@ -120,7 +120,8 @@ def test_tiny_pipeline_end_to_end(tmp_path):
                *(f"reports/scores/{m}.json" for m in ("random", *METHODS)), *(f"models/{m}/split0.pt" for m in METHODS),
                *(f"reports/pretrain/{m}/split0.csv" for m in METHODS),
                *(f"reports/metrics/{m}/split0.json" for m in ("random", *METHODS)),
-               *(f"reports/figures/{f}.png" for f in ("group_accuracy", "pretrain_loss", "class_counts"))]
+               *(f"reports/figures/{f}.png" for f in ("group_accuracy", "pretrain_loss", "class_counts",
+                                                        "paired_differences"))]
     differ = [f for f in outputs if (proj / f).read_bytes() != (clone / f).read_bytes()]
     assert not differ, f"a re-run of the same commit changed: {differ}"
     status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, check=True, capture_output=True,
