@@ -12,7 +12,7 @@ out="benchmarks/results/cpu-$(date +%F).jsonl"
 repeats="${1:-3}"
 bench() { python benchmarks/pretrain_throughput.py --methods simclr --width 8 --batch 128 --size 28 --channels 1 \
             --train-images 13399 --steps 30 --warmup 3 --out "$out" | grep -o '"images_per_s": [0-9.]*'; }
-portable=(ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_CBWR=AVX2 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1)
+portable=(ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_CBWR=COMPATIBLE OMP_NUM_THREADS=1 MKL_NUM_THREADS=1)
 tcmalloc=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
 glibc_keep=(MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824 MALLOC_TOP_PAD_=268435456)
 for i in $(seq "$repeats"); do  # interleaved, so a drift of the machine's speed hits every configuration
