@@ -25,6 +25,7 @@ batches (one call per epoch) to keep the SQLite store quick.
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import socket
@@ -37,9 +38,20 @@ from typing import Any
 
 from sdclr.errors import TrackingError
 
-#: MLflow's documented experiment tag for the kind of work: opens the UI on the runs table
-#: (its default for a new experiment is the GenAI traces view)
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+#: the probe accuracies, the columns a researcher compares runs by
+ACCURACY_COLUMNS = tuple(f"metrics.`{k}_accuracy`" for k in ("full_shot", "few_shot", "knn"))
+#: A saved runs-table view, stored as an experiment tag (MLflow 3.17's UI reads
+#: ``mlflow.sharedViewState.<key>`` when the page's URL names the key), shown by
+#: ``#/experiments/<id>/runs?workflowType=machine_learning&viewStateShareKey=runs``
+#: (:func:`runs_link`): one row per (method, split), best full-shot accuracy first, the three
+#: accuracies as the first columns. The experiment's bare link opens MLflow 3.17's GenAI
+#: overview whatever the experiment's tags (``mlflow.experimentKind`` included).
+RUNS_VIEW_KEY = "runs"
+RUNS_VIEW = {"mlflow.sharedViewState." + RUNS_VIEW_KEY: json.dumps({
+    "name": "Runs by probe accuracy", "createdAt": 0, "updatedAt": 0,
+    "state": json.dumps({"searchFilter": "tags.`mlflow.parentRunId` IS NULL",
+                         "orderByKey": ACCURACY_COLUMNS[0], "orderByAsc": False,
+                         "selectedColumns": list(ACCURACY_COLUMNS), "columnOrder": list(ACCURACY_COLUMNS)})})}
 #: the code whose uncommitted changes make a run ``git_dirty``
 CODE_PATHS = ("sdclr", "stages", "dvc.yaml", "requirements.txt", "pyproject.toml")
 
@@ -174,19 +186,24 @@ def init_store(uri: str | None = None) -> None:
 
 
 def experiment_id(name: str) -> str:
-    """The experiment's id, created on first use with its artifact location and kind."""
+    """The experiment's id, created on first use with its artifact location and runs view."""
     mlflow = _mlflow()
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
-            return client.create_experiment(name, artifact_location=f"{artifact_root()}/{name}", tags=EXPERIMENT_KIND)
+            return client.create_experiment(name, artifact_location=f"{artifact_root()}/{name}", tags=RUNS_VIEW)
         except mlflow.exceptions.MlflowException:  # created concurrently by another worker
             exp = client.get_experiment_by_name(name)
-    for key, value in EXPERIMENT_KIND.items():  # stores made before the kind was set
+    for key, value in RUNS_VIEW.items():  # stores made before the view was set
         if exp.tags.get(key) != value:
             client.set_experiment_tag(exp.experiment_id, key, value)
     return exp.experiment_id
+
+
+def runs_link(experiment_id: str, server: str = "http://127.0.0.1:5000") -> str:
+    """The UI page of :data:`RUNS_VIEW`: the runs table with the probe accuracies as columns."""
+    return f"{server}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={RUNS_VIEW_KEY}"
 
 
 def latest_run_id(experiment: str, tags: dict[str, str]) -> str:
@@ -329,3 +346,6 @@ def _pip_requirements() -> list[str]:
 if __name__ == "__main__":
     init_store()
     print(f"MLflow store ready: {tracking_uri()}")
+    for exp in _mlflow().MlflowClient().search_experiments(filter_string="name LIKE 'sdclr-%'"):
+        if not exp.name.endswith("-reports"):  # under `mlflow server`'s default address
+            print(f"{exp.name}: {runs_link(exp.experiment_id)}")

@@ -36,12 +36,12 @@ class Server:
         with urllib.request.urlopen(req, timeout=30) as r:
             return json.loads(r.read() or b"{}")
 
-    def screenshot(self, page: str, out: Path, size: str = "1600,900") -> Path:
-        """A PNG of ``page`` (a UI route such as ``#/experiments/1/runs``) once its scripts have run."""
+    def screenshot(self, url: str, out: Path, size: str = "1600,900") -> Path:
+        """A PNG of ``url`` (a page of this server, e.g. ``tracking.runs_link(id, server.url)``) once its scripts have run."""
         out.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                         f"--window-size={size}", "--virtual-time-budget=25000", f"--screenshot={out}",
-                        f"{self.url}/{page}"], check=True, capture_output=True, timeout=180)
+                        url], check=True, capture_output=True, timeout=180)
         return out
 
 
@@ -82,7 +82,8 @@ def check_runs_view(server: Server, experiment: str, methods: tuple[str, ...], m
                     splits: tuple[int, ...] = (0,)) -> dict:
     """What the runs table must show a researcher, through the REST API a browser uses; returns the experiment.
 
-    1. the experiment opens on its runs table (workflow kind: model development);
+    1. the experiment's saved view (``tracking.runs_link`` opens it) shows one top-level row per (method, split),
+       best full-shot accuracy first, the three probe accuracies as its first columns;
     2. each run logs the method and only the params its stage reads, resolved; standard source tags,
        ``git_dirty`` and the data split's md5;
     3. one top-level row per (method, split), sortable by probe accuracy; evaluations nested under
@@ -90,9 +91,20 @@ def check_runs_view(server: Server, experiment: str, methods: tuple[str, ...], m
     4. each encoder a logged model tagged with its DVC md5.
     """
     exp = server.api(f"/api/2.0/mlflow/experiments/get-by-name?experiment_name={experiment}")["experiment"]
-    assert tags_of(exp).get("mlflow.experimentKind") == "custom_model_development", tags_of(exp)
+    view = json.loads(tags_of(exp)["mlflow.sharedViewState.runs"])
+    state = json.loads(view["state"])
+    accuracies = ["metrics.`full_shot_accuracy`", "metrics.`few_shot_accuracy`", "metrics.`knn_accuracy`"]
+    assert state["selectedColumns"] == state["columnOrder"] == accuracies, state
+    assert (state["orderByKey"], state["orderByAsc"]) == (accuracies[0], False), state
     runs = server.api("/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 500})
     runs = runs["runs"]
+    shown = server.api("/api/2.0/mlflow/runs/search", {  # what the view's table asks the server for
+        "experiment_ids": [exp["experiment_id"]], "filter": state["searchFilter"], "max_results": 500,
+        "order_by": [f"{state['orderByKey']} DESC"]})["runs"]
+    expected = {f"{'evaluate' if m == 'random' else 'pretrain'}-{m}-split{s}" for m in ("random", *methods) for s in splits}
+    assert sorted(r["info"]["run_name"] for r in shown) == sorted(expected)  # one row per (method, split)
+    full_shot = [next(x["value"] for x in r["data"]["metrics"] if x["key"] == "full_shot_accuracy") for r in shown]
+    assert full_shot == sorted(full_shot, reverse=True)
     by_name = {}
     for run in runs:
         by_name.setdefault(run["info"]["run_name"], []).append(run)

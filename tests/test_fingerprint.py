@@ -78,10 +78,6 @@ def test_the_committed_fingerprint_holds_on_this_cpu(fresh, root):
                         "this CPU cannot reproduce the committed report's bytes")
 
 
-def _rows(**groups_and_shas) -> dict:
-    return {f"op {i}": {"group": g, "sha": sha} for i, (g, sha) in enumerate(groups_and_shas.items())}
-
-
 def test_explain_names_the_differing_groups_or_rules_the_cpu_out():
     ours = {"a": {"group": "conv backward", "sha": "1"}, "b": {"group": "conv backward", "sha": "2"},
             "c": {"group": "linear layers", "sha": "3"}, "d": {"group": "SGD", "sha": "4"}}

@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from sdclr.numerics import PORTABLE_ENV, THREAD_ENV
+from sdclr.tracking import runs_link
 from tests.conftest import FASHION_SYSTEM_DIR
 from tests.dvc_project import ROOT, dvc, make_project, project_env
 from tests.mlflow_ui import CHROMIUM, check_runs_view, mlflow_server
@@ -141,7 +142,7 @@ def test_tiny_pipeline_end_to_end(tmp_path):
             warnings.warn("no headless Chromium here (Debian: apt-get install chromium-headless-shell): "
                           "the runs-table screenshot is skipped; the REST checks ran")
         else:
-            shot = server.screenshot(f"#/experiments/{exp['experiment_id']}/runs", ARTIFACTS / "mlflow_runs.png")
+            shot = server.screenshot(runs_link(exp["experiment_id"], server.url), ARTIFACTS / "mlflow_runs.png")
             assert shot.stat().st_size > 20_000  # a drawn page, not a blank one
 
     # A queued sweep, run by two workers at once, as the README shows it: each `-S prune_ratio=...`

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from sdclr.config import load_params
+from sdclr.data.longtail import longtail_counts
 from sdclr.errors import ConfigError
 from sdclr.presets import PRESET_DIR, apply_preset, available
 from tests.dvc_project import ROOT
@@ -21,14 +22,17 @@ def params_copy(tmp_path):
     return dest
 
 
-@pytest.mark.parametrize("name,dataset,total_lt", [("cifar10_paper", "cifar10", 11_165), ("cifar100_paper", "cifar100", 9_754)])
-def test_paper_presets_apply_and_validate(params_copy, name, dataset, total_lt):
+@pytest.mark.parametrize("name,dataset,classes,train_per_class,total_lt", [("cifar10_paper", "cifar10", 10, 5000, 11_165),
+                                                                          ("cifar100_paper", "cifar100", 100, 500, 9_754)])
+def test_paper_presets_apply_and_validate(params_copy, name, dataset, classes, train_per_class, total_lt):
     assert name in available()
     changed = apply_preset(name, params_copy)
     p = load_params(params_copy)
     assert "data.dataset" in changed and p.data.dataset == dataset
     assert (p.model.width, p.pretrain.epochs, p.pretrain.batch_size) == (64, 2000, 512)
     assert p.subsample.splits == [0, 1, 2, 3, 4] and p.subsample.n_max is None
+    pool = train_per_class - p.subsample.val_per_class  # n_max = null: the per-class pool
+    assert sum(longtail_counts(pool, p.subsample.imbalance_ratio, classes)) == total_lt  # the preset's comment
     assert (p.evaluate.probe.protocol, p.evaluate.probe.lr, p.evaluate.probe.batch_size) == ("authors", 30.0, 128)
     assert p.prune_ratio == 0.9
     text = params_copy.read_text()

@@ -1,4 +1,5 @@
-"""The MLflow store: first-time creation by several processes at once (a queued sweep's workers)."""
+"""The MLflow store: first-time creation by several processes at once (a queued sweep's workers), and the
+experiment's saved runs view with the link that opens it."""
 
 from __future__ import annotations
 
@@ -24,3 +25,27 @@ def test_concurrent_first_use_of_a_new_sqlite_store(tmp_path, root):
     client = mlflow.MlflowClient(f"sqlite:///{db}")
     exp = client.create_experiment("after-init")
     assert client.get_experiment(exp).name == "after-init"
+
+
+def test_the_experiment_carries_the_runs_view_and_the_store_prints_its_link(tmp_path, root):
+    """An experiment made before the view existed gets it on next use; `python -m sdclr.tracking` prints its link."""
+    import json
+
+    import mlflow
+
+    from sdclr.tracking import ACCURACY_COLUMNS, RUNS_VIEW
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    old = mlflow.MlflowClient(uri).create_experiment("sdclr-fashion_mnist", tags={"mlflow.experimentKind": "x"})
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(root)}
+    code = "from sdclr import tracking; print(tracking.experiment_id('sdclr-fashion_mnist'), tracking.experiment_id('sdclr-x-reports'))"
+    ids = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert ids[0] == old
+    (key, value), = RUNS_VIEW.items()
+    assert mlflow.MlflowClient(uri).get_experiment(old).tags[key] == value
+    state = json.loads(json.loads(value)["state"])
+    assert state["selectedColumns"] == state["columnOrder"] == list(ACCURACY_COLUMNS) and not state["orderByAsc"]
+    out = subprocess.run([sys.executable, "-m", "sdclr.tracking"], env=env, capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert out[1:] == [f"sdclr-fashion_mnist: http://127.0.0.1:5000/#/experiments/{old}/runs"
+                       "?workflowType=machine_learning&viewStateShareKey=runs"]  # not the reports experiment
