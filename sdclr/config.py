@@ -21,8 +21,6 @@ import yaml
 
 from sdclr.errors import ConfigError, ParamError
 
-DATASETS = ("fashion_mnist", "cifar10", "cifar100")
-
 # --------------------------------------------------------------------------- checks
 # A check returns None when the value is fine, else the phrase "what is accepted".
 
@@ -97,8 +95,19 @@ def _device(v):
     return "'auto', 'cpu', 'cuda' or 'cuda:N'"
 
 
-def _p(check=None, doc=""):
-    return field(metadata={"check": check, "doc": doc})
+def _dataset_names() -> tuple[str, ...]:
+    """The datasets' table keys, read when a file is checked (so a row registered later counts).
+
+    Imported here rather than at the top, so that reading params loads no data module."""
+    from sdclr.data.datasets import DATASETS
+
+    return tuple(DATASETS)
+
+
+def _p(check=None, doc="", choices=None):
+    """A field's check and one-line doc; ``choices``, for a name that must be a key of a table
+    that can grow (the datasets), gives the accepted names when the file is read."""
+    return field(metadata={"check": check, "doc": doc, "choices": choices})
 
 
 # --------------------------------------------------------------------------- schema
@@ -106,7 +115,7 @@ def _p(check=None, doc=""):
 
 @dataclass(frozen=True)
 class DataParams:
-    dataset: Literal["fashion_mnist", "cifar10", "cifar100"] = _p(doc="which dataset the pipeline runs on")
+    dataset: str = _p(doc="which dataset the pipeline runs on", choices=_dataset_names)  # a row of DATASETS
     source_dir: Optional[str] = _p(doc="a directory holding the official files; null = system copy, then download")
     download: bool = _p(doc="allow the official download when no local copy is found")
 
@@ -392,7 +401,9 @@ def _build(cls, raw: dict, prefix: str):
             raise ParamError(
                 f"missing key {key!r} ({f.metadata.get('doc') or 'required'}); add it to the file."
             )
-        value = _coerce(raw[f.name], hints[f.name], key)
+        choices = f.metadata.get("choices")
+        # a table's keys are checked as the Literal of its names, so the sentence is the one every choice gets
+        value = _coerce(raw[f.name], Literal[choices()] if choices else hints[f.name], key)
         check: Optional[Callable] = f.metadata.get("check")
         if check is not None and value is not None:
             accepted = check(value)

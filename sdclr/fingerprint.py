@@ -206,6 +206,7 @@ def measure(params_path: str | Path = "params.yaml") -> list[dict]:
     import yaml
 
     from sdclr.config import parse_params
+    from sdclr.data.datasets import DATASETS
     from sdclr.encoder_file import ModelSpec
     from sdclr.models import build_model
     from sdclr.methods import method_class
@@ -216,7 +217,8 @@ def measure(params_path: str | Path = "params.yaml") -> list[dict]:
     raw["pretrain"].update(compile=False, nproc=1, amp="off", channels_last="off")
     params = parse_params(raw)
     apply(params.numerics)
-    size, channels = 28, 1  # Fashion-MNIST's images: the CPU default's
+    dataset = DATASETS[params.data.dataset]  # its images' shape (the CPU default's: Fashion-MNIST, 28 x 28 x 1)
+    size, channels = dataset.image_size, dataset.channels
     rec = _Recorder()
     images = rec.rng.integers(0, 256, (4 * params.pretrain.batch_size, size, size, channels), dtype=np.uint8)
     spec = ModelSpec(channels, [0.5] * channels, [0.25] * channels)

@@ -34,6 +34,7 @@ import pandas as pd
 import yaml
 
 from sdclr.config import as_flat_dict
+from sdclr.data.datasets import DATASETS
 from sdclr.errors import DataError
 from sdclr.io import write_bytes, write_json
 from sdclr.methods import METHODS, method_class
@@ -45,22 +46,6 @@ from sdclr.stats import (AGREES, ALPHA, CONFIDENCE, DISAGREES, INCONCLUSIVE, hol
 KINDS = {"full_shot": "Linear probe, full-shot", "few_shot": "Linear probe, few-shot (1 % per class)", "knn": "kNN"}
 GROUPS = ("major", "moderate", "minor")
 METHOD_ORDER = ("random", *METHODS)
-
-#: Published reference rows, shown only beside results on the same dataset.
-PAPER_REFERENCE = {
-    "cifar10": {
-        "title": "SDCLR paper, CIFAR-10-LT, Table 4 (full-shot probe, per group, mean ± std over 5 splits)",
-        "columns": ("major", "moderate", "minor"),
-        "rows": {"simclr": ("78.18 ± 4.18", "76.23 ± 5.33", "71.37 ± 7.07"),
-                 "sdclr": ("86.44 ± 3.12", "81.84 ± 4.78", "76.23 ± 6.29")},
-    },
-    "cifar100": {
-        "title": "BCL's public re-run, CIFAR-100-LT split 1 (its own probe on frozen features; one split, no std)",
-        "columns": ("full-shot", "100-shot", "50-shot"),
-        "rows": {"simclr": ("50.7", "46.3", "42.4"), "sdclr": ("55.0", "49.7", "45.6")},
-    },
-}
-
 
 @dataclass(frozen=True)
 class Claim:
@@ -630,13 +615,13 @@ def uncertainty_note(n_splits: int) -> list[str]:
 
 
 def reference_section(dataset: str) -> list[str]:
-    """Published numbers for the same dataset only; nothing beside other datasets' results."""
-    ref = PAPER_REFERENCE.get(dataset)
+    """Published numbers for the same dataset only (its row's); nothing beside other datasets' results."""
+    ref = DATASETS[dataset].paper_reference if dataset in DATASETS else None
     if ref is None:
         return []
-    md = [f"## Reference: {ref['title']}", "", "| method | " + " | ".join(ref["columns"]) + " |",
-          "|" + "---|" * (len(ref["columns"]) + 1)]
-    md += [f"| {m} | " + " | ".join(cells) + " |" for m, cells in ref["rows"].items()]
+    md = [f"## Reference: {ref.title}", "", "| method | " + " | ".join(ref.columns) + " |",
+          "|" + "---|" * (len(ref.columns) + 1)]
+    md += [f"| {m} | " + " | ".join(cells) + " |" for m, cells in ref.rows.items()]
     return md + [""]
 
 
@@ -726,16 +711,13 @@ WORDING = {
 }
 
 
-def recipe_preset(dataset: str) -> str:
-    """The preset that holds the papers' recipe for ``dataset`` (CIFAR-10's for the others)."""
-    return "cifar100_paper" if dataset == "cifar100" else "cifar10_paper"
-
-
 def deviations(params, preset_dir: Path | None = None) -> list[str]:
     """What params.yaml changes from the papers' recipe, in words: every recipe key of the
-    preset (``presets/cifar10_paper.yaml`` or ``cifar100_paper``) compared with ours, so the
-    recipe has one source. Resolved values are compared (a method's null setting = the shared value)."""
-    name = recipe_preset(params.data.dataset)
+    dataset row's ``recipe_preset`` (e.g. ``presets/cifar10_paper.yaml``) compared with ours,
+    so the recipe has one source. Resolved values are compared (a method's null setting =
+    the shared value)."""
+    dataset = DATASETS[params.data.dataset]
+    name = dataset.recipe_preset
     paper = _flatten(yaml.safe_load(((preset_dir or PRESET_DIR) / f"{name}.yaml").read_text()))
     ours = as_flat_dict(params)
     for name in METHODS:
@@ -744,7 +726,7 @@ def deviations(params, preset_dir: Path | None = None) -> list[str]:
     out = []
     if params.data.dataset != paper["data.dataset"]:
         out.append(f"Dataset: {params.data.dataset} instead of {paper['data.dataset']}"
-                   + ("; colour jitter and grayscale are skipped for its 1-channel images." if params.data.dataset == "fashion_mnist" else "."))
+                   + (f"; {dataset.deviation}." if dataset.deviation else "."))
     skip = NOT_RECIPE | (AUTHORS_PROBE if params.evaluate.probe.protocol != "authors" else set())
     for key, theirs in paper.items():
         if key in skip or ours[key] == theirs:
