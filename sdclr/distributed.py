@@ -5,10 +5,13 @@ when the process group is not initialised, so the same method code runs both way
 
 Under DDP the global batch (``pretrain.batch_size``) is split evenly over the ranks and
 every rank computes the *same* global loss from features gathered from all ranks
-(:func:`gather_with_grad`): NT-Xent sees all 2·B negatives, sbid's bank sees every row of
-the global batch. The gather's backward sums each rank's gradient contributions, so with
-DDP's gradient averaging the parameter gradient equals the single-process gradient of
-that global loss (``tests/test_distributed.py`` checks it on two CPU processes).
+(:func:`global_batch`): NT-Xent sees all 2·B negatives, sbid's bank sees every row of
+the global batch. The NT-Xent losses gather their inputs themselves (:mod:`sdclr.losses`),
+so a method hands them this rank's projections; a method that needs more of the global
+batch (its images' indices, sbid's bank targets) gathers it with :func:`global_batch`.
+The gather's backward sums each rank's gradient contributions, so with DDP's gradient
+averaging the parameter gradient equals the single-process gradient of that global loss
+(``tests/test_distributed.py`` checks it on two CPU processes).
 """
 
 from __future__ import annotations
@@ -107,9 +110,17 @@ class _GatherWithGrad(torch.autograd.Function):
         return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
 
 
-def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Rows of ``x`` from every rank, rank-major, differentiable (identity in one process)."""
-    return _GatherWithGrad.apply(x) if is_active() else x
+def global_batch(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Each of this rank's per-row ``tensors`` → the global batch's rows (every rank's, rank-major).
+
+    One call for everything a step needs of the global batch, so projections, indices and
+    per-row targets are gathered in the same rank-major order. A tensor that requires grad
+    is gathered differentiably (its backward hands this rank the gradient of its rows,
+    summed over the ranks); the others without autograd. In one process: the tensors as given.
+    """
+    if not is_active():
+        return tensors
+    return tuple(_GatherWithGrad.apply(x) if x.requires_grad else gather(x) for x in tensors)
 
 
 @torch.no_grad()

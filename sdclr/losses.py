@@ -3,6 +3,11 @@
 The loss is computed in (at least) float32 with autocast switched off: the
 2N x 2N similarity logits divided by a small temperature lose too much
 precision in bf16, and the log-softmax over them is the whole training signal.
+
+Under DDP the NT-Xent losses own their gather (as lightly's ``NTXentLoss`` does): a method
+passes this rank's projections and the loss gathers every rank's
+(:func:`sdclr.distributed.global_batch`) before comparing them, so each anchor meets the
+whole global batch's negatives. In one process the gather is the identity.
 """
 
 from __future__ import annotations
@@ -11,8 +16,10 @@ import math
 import torch
 from torch.nn import functional as F
 
+from sdclr.distributed import global_batch
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, *, gather: bool = True) -> torch.Tensor:
     """SimCLR's NT-Xent (normalised-temperature cross-entropy) between two views.
 
     ``z1[i]`` and ``z2[i]`` are two views of image i.  All 2N rows are
@@ -20,7 +27,13 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     its image and the remaining 2N - 2 rows are its negatives (its similarity to
     itself is excluded).  Returns the mean cross-entropy over the 2N anchors.
     In SDCLR, ``z1`` comes from the dense branch and ``z2`` from the pruned one.
+
+    N is the global batch: under DDP ``z1`` and ``z2`` are this rank's rows and are
+    gathered first. ``gather=False`` is for a caller that gathered them already because it
+    uses the global rows itself (GH's loss); gathering twice would double the batch.
     """
+    if gather:
+        z1, z2 = global_batch(z1, z2)
     with torch.autocast(device_type=z1.device.type, enabled=False):
         return F.cross_entropy(*_ntxent_logits(z1, z2, temperature))
 
@@ -28,8 +41,11 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
 def nt_xent_per_image(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
     """NT-Xent per image: ℓ_i = ½[ℓ(i¹→i²) + ℓ(i²→i¹)], shape [N]; its mean is :func:`nt_xent`.
 
-    BCL's memorisation score folds in each image's own ℓ_i from the step that trains on it.
+    Gathers like :func:`nt_xent`, so under DDP the N values are the global batch's images,
+    rank-major (pair them with ``global_batch(indices)``). BCL's memorisation score folds
+    in each image's own ℓ_i from the step that trains on it.
     """
+    z1, z2 = global_batch(z1, z2)
     with torch.autocast(device_type=z1.device.type, enabled=False):
         per_anchor = F.cross_entropy(*_ntxent_logits(z1, z2, temperature), reduction="none")
         n = z1.shape[0]

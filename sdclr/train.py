@@ -125,9 +125,51 @@ def training_fingerprint(params: Params, job: Job, world_size: int = 1) -> str:
     return checkpoint.fingerprint(shaping)
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """How long the run is and what each step's learning rate and each epoch's τ are."""
+
+    epochs: int
+    steps_per_epoch: int
+    warmup_steps: int
+    peak_lr: float
+    lr_key: str  # the params.yaml key ``peak_lr`` came from (named when the loss diverges)
+    temperature_at: Callable[[int], float] | None = None  # epoch (from 1) → τ, when a schedule is set
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.epochs
+
+    def lr(self, epoch: int, step: int) -> float:
+        """The learning rate of step ``step`` (from 0) of epoch ``epoch`` (from 0): :func:`lr_at`."""
+        return lr_at(epoch * self.steps_per_epoch + step, self.total_steps, self.warmup_steps, self.peak_lr)
+
+
+@dataclass
+class ResumeState:
+    """What ties a run to its checkpoints: what one must match, and what it carries back."""
+
+    fingerprint: str  # of everything that shapes the training (:func:`training_fingerprint`)
+    history: list[dict] = field(default_factory=list)  # per-epoch metrics, carried through checkpoints
+    start_epoch: int = 0  # the first epoch this launch trains (after a resume: the checkpoint's)
+
+
+@dataclass
+class CompileState:
+    """torch.compile as the first step applies it (see :meth:`Training._first_compiled_step`)."""
+
+    mode: str | None = None  # torch.compile mode for the first step to apply; None: eager
+    pending: bool = False  # compile is asked for and the first step is still to come
+    cuda_graphs: bool = False  # the compiled network replays CUDA graphs (mode: reduce-overhead)
+
+
 @dataclass
 class Training:
-    """Everything one pretraining run holds: made by :func:`build`, advanced by :func:`run_epoch`."""
+    """Everything one pretraining run holds: made by :func:`build`, advanced by :func:`run_epoch`.
+
+    The generator every rank shares under DDP (sbid's negative columns) is not held here: it
+    is the method's ``shared_generator``, where it is drawn from.
+    """
 
     method: Method
     step_fn: Callable  # the method, DDP-wrapped under torchrun
@@ -135,28 +177,14 @@ class Training:
     data: torch.Tensor  # this rank's shard of the subset, uint8 NCHW on the device
     positions: torch.Tensor  # the shard rows' indices in the whole subset (= sbid's bank rows)
     gen: torch.Generator  # per rank: batches, augmentation, CutMix
-    shared_gen: torch.Generator  # the same on every rank (sbid's negative columns)
     ctx: distributed.Context
     use_bf16: bool
-    epochs: int
-    peak_lr: float
-    lr_key: str
     local_batch: int
-    steps_per_epoch: int
-    warmup_steps: int
-    fingerprint: str
     label: str  # "<method> split <k>", for progress bars and messages
-    history: list[dict] = field(default_factory=list)  # per-epoch metrics, carried through checkpoints
-    start_epoch: int = 0
-    temperature_at: Callable[[int], float] | None = None  # epoch (from 1) → τ, when a schedule is set
-    compile_mode: str | None = None  # torch.compile mode for the first step to apply; None: eager
-    compile_pending: bool = False  # compile is asked for and the first step is still to come
-    cuda_graphs: bool = False  # the compiled network replays CUDA graphs (compile_mode: reduce-overhead)
+    schedule: Schedule
+    resume: ResumeState
+    compile: CompileState
     log: Callable[[str], None] = print
-
-    @property
-    def total_steps(self) -> int:
-        return self.steps_per_epoch * self.epochs
 
     @property
     def global_batch(self) -> int:
@@ -164,9 +192,9 @@ class Training:
 
     def step(self, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One optimisation step on the shard rows ``idx`` (what the benchmark times, too)."""
-        if self.compile_pending:
+        if self.compile.pending:
             return self._first_compiled_step(idx)
-        if self.cuda_graphs:  # a new step: the graphs' output buffers of the last one may be reused
+        if self.compile.cuda_graphs:  # a new step: the graphs' output buffers of the last one may be reused
             torch.compiler.cudagraph_mark_step_begin()
         return train_step(self.step_fn, self.optimizer, self.data[idx], self.positions[idx], self.gen, self.use_bf16)
 
@@ -180,10 +208,10 @@ class Training:
         statistics, sbid's bank), so the weights, buffers and random states are restored
         first: the eager run then continues exactly as if compile had never been asked for.
         """
-        self.compile_pending = False
+        self.compile.pending = False
         net = self.method.net  # the network and the augmentation's transform; the losses stay eager
-        net.forward = torch.compile(net.forward, mode=self.compile_mode)  # (their kernels failed on an H100)
-        self.method.augment.compile(self.compile_mode)
+        net.forward = torch.compile(net.forward, mode=self.compile.mode)  # (their kernels failed on an H100)
+        self.method.augment.compile(self.compile.mode)
         saved = ({k: v.clone() for k, v in self.method.state_dict().items()}, self.gen.get_state(),
                  torch.get_rng_state())
         try:
@@ -194,7 +222,7 @@ class Training:
             torch.set_rng_state(saved[2])
             del self.method.net.forward  # the instance attribute torch.compile set: back to the eager forward
             self.method.augment.uncompile()
-            self.cuda_graphs = False
+            self.compile.cuda_graphs = False
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             self.log(f"note: torch.compile failed ({type(e).__name__}: {first}); {self.label} continues without it "
                      "(set pretrain.compile: false to skip the attempt).")
@@ -226,10 +254,11 @@ def build(params: Params, job: Job) -> Training:
     if channels_last:
         method = method.to(memory_format=torch.channels_last)
     method.configure(BatchAugment(params.augment, channels=spec.in_channels), channels_last)
-    gen, shared_gen = torch.Generator(device=device), torch.Generator(device=device)
+    gen = torch.Generator(device=device)
     gen.manual_seed(params.seed * 1000 + split_id + 1 + 100_003 * ctx.rank)
-    shared_gen.manual_seed(params.seed * 1000 + split_id + 2)
-    method.shared_generator = shared_gen if ctx.active else None
+    if ctx.active:  # one process draws everything from ``gen``
+        method.shared_generator = torch.Generator(device=device)
+        method.shared_generator.manual_seed(params.seed * 1000 + split_id + 2)
     compiled = p.compile is True or (p.compile == "auto" and on_cuda)  # applied by the first step
     if on_cuda:
         torch.backends.cudnn.benchmark = True  # static shapes: cuDNN may time its algorithms once
@@ -237,22 +266,23 @@ def build(params: Params, job: Job) -> Training:
     # One fused update kernel where it was measured to pay (compiled, on CUDA: sbid +27 % on an H100)
     optimizer = torch.optim.SGD(method.parameters(), lr=peak_lr, momentum=p.momentum,
                                 weight_decay=cls.setting(params, "weight_decay"), fused=True if compiled and on_cuda else None)
-    return Training(
-        method=method, step_fn=trained, compile_mode=p.compile_mode if compiled else None, compile_pending=compiled,
-        optimizer=optimizer, data=data,
-        cuda_graphs=compiled and on_cuda and p.compile_mode == "reduce-overhead",
+    schedule = Schedule(
+        epochs=epochs, steps_per_epoch=steps_per_epoch, warmup_steps=min(p.warmup_epochs, epochs) * steps_per_epoch,
+        peak_lr=peak_lr, lr_key=cls.setting_key(params, "lr"),
         temperature_at=partial(cosine_temperature, tau_min=p.tau_min, tau_max=p.tau_max, period_epochs=p.period_epochs)
-        if "cosine" in (p.temperature_schedule, cls.temperature_schedule) else None,
-        positions=positions.to(device), gen=gen, shared_gen=shared_gen, ctx=ctx,
-        use_bf16=p.amp == "bf16" or (p.amp == "auto" and on_cuda), epochs=epochs, peak_lr=peak_lr,
-        lr_key=cls.setting_key(params, "lr"), local_batch=local_batch, steps_per_epoch=steps_per_epoch,
-        warmup_steps=min(p.warmup_epochs, epochs) * steps_per_epoch,
-        fingerprint=training_fingerprint(params, job, ctx.world_size), label=job.label)
+        if "cosine" in (p.temperature_schedule, cls.temperature_schedule) else None)
+    return Training(
+        method=method, step_fn=trained, optimizer=optimizer, data=data, positions=positions.to(device), gen=gen,
+        ctx=ctx, use_bf16=p.amp == "bf16" or (p.amp == "auto" and on_cuda), local_batch=local_batch,
+        label=job.label, schedule=schedule, resume=ResumeState(training_fingerprint(params, job, ctx.world_size)),
+        compile=CompileState(mode=p.compile_mode if compiled else None, pending=compiled,
+                             cuda_graphs=compiled and on_cuda and p.compile_mode == "reduce-overhead"))
 
 
 def restore(training: Training, ckpt_path: Path, log: Callable[[str], None]) -> None:
     """Resume from ``ckpt_path`` when its fingerprint matches; else the method's one-time initialisation."""
-    state = checkpoint.try_resume(ckpt_path, training.fingerprint, map_location=training.data.device, log=log)
+    resume = training.resume
+    state = checkpoint.try_resume(ckpt_path, resume.fingerprint, map_location=training.data.device, log=log)
     if state is None:
         training.method.initialise(training.data, training.gen, training.local_batch, training.positions if training.ctx.active else None)
         return
@@ -260,14 +290,14 @@ def restore(training: Training, ckpt_path: Path, log: Callable[[str], None]) -> 
     training.optimizer.load_state_dict(state["optimizer"])
     if training.ctx.active:
         training.gen.set_state(state["rank_generators"][training.ctx.rank].cpu())
-        training.shared_gen.set_state(state["shared_generator"].cpu())
+        training.method.shared_generator.set_state(state["shared_generator"].cpu())
         torch.set_rng_state(state["rank_torch_rng"][training.ctx.rank].cpu())
     else:
         training.gen.set_state(state["generator"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
-    training.start_epoch = int(state["epoch"])
-    training.history = [dict(zip(state["history_keys"], row)) for row in state["history"].tolist()]
-    log(f"resuming {training.label} from epoch {training.start_epoch} ({ckpt_path})")
+    resume.start_epoch = int(state["epoch"])
+    resume.history = [dict(zip(state["history_keys"], row)) for row in state["history"].tolist()]
+    log(f"resuming {training.label} from epoch {resume.start_epoch} ({ckpt_path})")
 
 
 def checkpoint_run_id(ckpt_path: Path, params: Params, job: Job, world_size: int = 1) -> str:
@@ -287,14 +317,15 @@ def save_checkpoint(training: Training, path: Path, epoch_done: int, run_id: str
     if training.ctx.active:  # every rank's random state (all ranks call this), rank 0 writes
         extra = {"rank_generators": distributed.all_gather_objects(training.gen.get_state()),
                  "rank_torch_rng": distributed.all_gather_objects(torch.get_rng_state()),
-                 "shared_generator": training.shared_gen.get_state()}
+                 "shared_generator": training.method.shared_generator.get_state()}
     if not training.ctx.is_main:
         return
+    history = training.resume.history
     checkpoint.save(path, {
-        "fingerprint": training.fingerprint, "epoch": epoch_done, "method": training.method.state_dict(),
+        "fingerprint": training.resume.fingerprint, "epoch": epoch_done, "method": training.method.state_dict(),
         "optimizer": training.optimizer.state_dict(), "generator": training.gen.get_state(), "torch_rng": torch.get_rng_state(),
-        "history_keys": list(training.history[0]) if training.history else [],
-        "history": torch.tensor([list(h.values()) for h in training.history], dtype=torch.float64),
+        "history_keys": list(history[0]) if history else [],
+        "history": torch.tensor([list(h.values()) for h in history], dtype=torch.float64),
         "mlflow_run_id": run_id,
         **extra,
     })
@@ -307,43 +338,49 @@ def run_epoch(training: Training, epoch: int, ckpt_path: Path) -> tuple[dict[str
     """
     from tqdm import tqdm
 
+    schedule, steps = training.schedule, training.schedule.steps_per_epoch
     training.step_fn.train()
-    if training.temperature_at is not None:
-        training.method.temperature = training.temperature_at(epoch + 1)
+    if schedule.temperature_at is not None:
+        training.method.temperature = schedule.temperature_at(epoch + 1)
     metrics = training.method.on_epoch_start(epoch)
     loss_sum, extra_sums = torch.zeros((), device=training.data.device), {}
     t0 = time.perf_counter()
-    bar = tqdm(total=training.steps_per_epoch, desc=f"{training.label} ep {epoch + 1}/{training.epochs}", unit="step", leave=False,
+    bar = tqdm(total=steps, desc=f"{training.label} ep {epoch + 1}/{schedule.epochs}", unit="step", leave=False,
                disable=None if training.ctx.is_main else True, file=sys.stderr, dynamic_ncols=True)
-    report_every = max(1, training.steps_per_epoch // 10)
+    report_every = max(1, steps // 10)
     batches = epoch_batches(len(training.positions), training.local_batch, training.gen, training.data.device)
-    for i, idx in enumerate(islice(batches, training.steps_per_epoch)):
-        lr = lr_at(epoch * training.steps_per_epoch + i, training.total_steps, training.warmup_steps, training.peak_lr)
+    for i, idx in enumerate(islice(batches, steps)):
+        lr = schedule.lr(epoch, i)
         for group in training.optimizer.param_groups:
             group["lr"] = lr
         loss, extras = training.step(idx)
         loss_sum += loss
         for key, value in extras.items():
             extra_sums[key] = extra_sums.get(key, 0) + value
-        if (i + 1) % report_every == 0 or i + 1 == training.steps_per_epoch:
+        if (i + 1) % report_every == 0 or i + 1 == steps:
             running = loss_sum.item() / (i + 1)
             if not math.isfinite(running):
                 bar.close()
-                tau_key = "pretrain.tau_min" if training.temperature_at else training.method.temperature_key
-                raise TrainingError(
-                    f"{training.label}: the loss became {running} at epoch {epoch + 1} step {i + 1}; lower {training.lr_key} "
-                    f"(now {training.peak_lr}) or raise {tau_key} (τ now {training.method.temperature}) — "
-                    f"the last good checkpoint {ckpt_path} is kept.")
+                raise _diverged(training, running, epoch, i, ckpt_path)
             bar.set_postfix(loss=f"{running:.4f}", img_s=f"{(i + 1) * training.global_batch / (time.perf_counter() - t0):.0f}")
             bar.update(i + 1 - bar.n)
     bar.close()
     if training.data.device.type == "cuda":
         torch.cuda.synchronize(training.data.device)
     seconds = time.perf_counter() - t0
-    metrics = {"loss": loss_sum.item() / training.steps_per_epoch, "lr": lr, "temperature": training.method.temperature,
-               **metrics, **{k: v.item() / training.steps_per_epoch for k, v in extra_sums.items()}}
-    return metrics, {"images_per_s": training.steps_per_epoch * training.global_batch / seconds,
-                     "epoch_seconds": seconds}
+    metrics = {"loss": loss_sum.item() / steps, "lr": lr, "temperature": training.method.temperature,
+               **metrics, **{k: v.item() / steps for k, v in extra_sums.items()}}
+    return metrics, {"images_per_s": steps * training.global_batch / seconds, "epoch_seconds": seconds}
+
+
+def _diverged(training: Training, loss: float, epoch: int, step: int, ckpt_path: Path) -> TrainingError:
+    """The one sentence for a NaN/inf loss: which keys to change, from what, and that the checkpoint is kept."""
+    schedule = training.schedule
+    tau_key = "pretrain.tau_min" if schedule.temperature_at else training.method.temperature_key
+    return TrainingError(
+        f"{training.label}: the loss became {loss} at epoch {epoch + 1} step {step + 1}; lower {schedule.lr_key} "
+        f"(now {schedule.peak_lr}) or raise {tau_key} (τ now {training.method.temperature}) — "
+        f"the last good checkpoint {ckpt_path} is kept.")
 
 
 def pretrain(params: Params, job: Job, outputs: Outputs, run=None, log: Callable[[str], None] = print,
@@ -357,32 +394,33 @@ def pretrain(params: Params, job: Job, outputs: Outputs, run=None, log: Callable
     log = log if training.ctx.is_main else _silent  # rank 0 speaks, writes and tracks; the others only compute
     training.log = log
     restore(training, outputs.checkpoint, log)
-    rate, seconds, last = 0.0, 0.0, training.start_epoch
-    for epoch in range(training.start_epoch, training.epochs):
+    epochs, resume = training.schedule.epochs, training.resume
+    rate, seconds, last = 0.0, 0.0, resume.start_epoch
+    for epoch in range(resume.start_epoch, epochs):
         metrics, timing = run_epoch(training, epoch, outputs.checkpoint)
-        training.history.append({"epoch": epoch + 1, **metrics})  # deterministic values only: it is an output
+        resume.history.append({"epoch": epoch + 1, **metrics})  # deterministic values only: it is an output
         rate, seconds, last = timing["images_per_s"], seconds + timing["epoch_seconds"], epoch + 1
-        log(f"{training.label} epoch {epoch + 1}/{training.epochs}: {rate:.0f} images/s, "
+        log(f"{training.label} epoch {epoch + 1}/{epochs}: {rate:.0f} images/s, "
             + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         if run is not None:
             # under the method's own loss name: MLflow charts one key per plot, and losses of different
             # methods are different quantities (the history CSV keeps one `loss` column for DVC's overlay)
             loss_name = {"loss": type(training.method).loss_metric}
             run.log_metrics({**{loss_name.get(k, k): v for k, v in metrics.items()}, **timing}, step=epoch + 1)
-        if (epoch + 1) % params.pretrain.checkpoint_every == 0 or epoch + 1 == training.epochs:
+        if (epoch + 1) % params.pretrain.checkpoint_every == 0 or epoch + 1 == epochs:
             save_checkpoint(training, outputs.checkpoint, epoch + 1, run.run_id if run is not None else "")
-        if stop_after_epoch is not None and stop_after_epoch <= epoch + 1 < training.epochs:
+        if stop_after_epoch is not None and stop_after_epoch <= epoch + 1 < epochs:
             break
-    if last == training.epochs and training.ctx.is_main:
+    if last == epochs and training.ctx.is_main:
         made_by = numerics.describe(params.numerics, training.data.device)
-        save_encoder(outputs.encoder, training.method, job.spec, params, training.fingerprint, made_by)
+        save_encoder(outputs.encoder, training.method, job.spec, params, resume.fingerprint, made_by)
         if outputs.history is not None:
-            write_history_csv(outputs.history, training.history)
+            write_history_csv(outputs.history, resume.history)
         if outputs.per_image is not None:
             write_per_image_csv(outputs.per_image, job.indices,
                                 {**(outputs.per_image_info or {}), **training.method.per_image_state()})
-    final_loss = training.history[-1]["loss"] if training.history else float("nan")
-    return PretrainResult(last - training.start_epoch, training.start_epoch, final_loss, rate, seconds)
+    final_loss = resume.history[-1]["loss"] if resume.history else float("nan")
+    return PretrainResult(last - resume.start_epoch, resume.start_epoch, final_loss, rate, seconds)
 
 
 def write_history_csv(path: Path, history: list[dict]) -> None:

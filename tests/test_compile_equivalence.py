@@ -117,7 +117,7 @@ def assert_compiled(t: Training, notes: list[str]) -> None:
     """The run compiled and kept its compiled code: no fallback note, the first step done, the
     network's forward still torch.compile's wrapper and the augmentation's transform compiled."""
     assert not any("torch.compile failed" in n for n in notes), notes
-    assert not t.compile_pending
+    assert not t.compile.pending
     forward = t.method.net.__dict__.get("forward")
     assert forward is not None and hasattr(forward, "_torchdynamo_orig_callable"), forward
     assert "_transform" in vars(t.method.augment), "the augmentation's transform is not compiled"
@@ -182,13 +182,13 @@ def test_compile_auto_builds_an_eager_run_on_the_cpu():
     the run trains eagerly. Control: ``compile: true`` on the same CPU asks for the compile
     (applied by the first step, not run here)."""
     auto, notes = start(tiny_params(compile="auto"), "simclr")
-    assert auto.compile_pending is False and auto.cuda_graphs is False
+    assert auto.compile.pending is False and auto.compile.cuda_graphs is False
     assert "forward" not in vars(auto.method.net) and "_transform" not in vars(auto.method.augment)
     loss, _ = auto.step(torch.arange(auto.local_batch))
     assert torch.isfinite(loss) and not notes
 
     on, _ = start(tiny_params(compile=True), "simclr")
-    assert on.compile_pending is True and on.compile_mode == "default"
+    assert on.compile.pending is True and on.compile.mode == "default"
 
 
 def test_nothing_compiles_before_the_first_step(tmp_path):
@@ -200,7 +200,7 @@ def test_nothing_compiles_before_the_first_step(tmp_path):
     t, notes = start(tiny_params(compile=True, compile_mode="reduce-overhead"), "sbid")
     restore(t, tmp_path / "none.ckpt", notes.append)  # no checkpoint: the fill pass
     assert "forward" not in vars(t.method.net) and "_transform" not in vars(t.method.augment)
-    assert t.compile_pending and t.cuda_graphs is False  # CUDA graphs only on CUDA
+    assert t.compile.pending and t.compile.cuda_graphs is False  # CUDA graphs only on CUDA
 
 
 @pytest.mark.parametrize("key, value", [("compile_mode", "bogus"), ("compile", "yes")])

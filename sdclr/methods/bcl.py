@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from sdclr.data.randaugment import rand_augment
-from sdclr.distributed import gather, gather_with_grad
+from sdclr.distributed import global_batch
 from sdclr.losses import nt_xent_per_image
 from sdclr.memorization import MemorizationScores
 from sdclr.methods.sdclr import SDCLR
@@ -62,8 +62,9 @@ class Boosted:
             m = self.magnitude(w, generator)
             x1, x2 = (rand_augment(x, self.ops, w, m, generator) for x in (x1, x2))
         z1, z2 = self.encode(self.memory_format(x1), self.memory_format(x2))
-        losses = nt_xent_per_image(gather_with_grad(z1), gather_with_grad(z2), self.temperature)
-        self.scores.update(gather(indices), losses)  # the global batch's images and losses
+        losses = nt_xent_per_image(z1, z2, self.temperature)  # under DDP the global batch's (it gathers)
+        (indices,) = global_batch(indices)  # the same images, in the same rank-major order
+        self.scores.update(indices, losses)
         return losses.mean(), {}
 
     def per_image_state(self):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from sdclr.distributed import gather, gather_with_grad
+from sdclr.distributed import global_batch
 from sdclr.harmonization import ClusterPrior, gh_loss, gh_weight, simplex_etf, target_logits
 from sdclr.losses import nt_xent
 from sdclr.methods.sdclr import SDCLR
@@ -52,10 +52,11 @@ class Harmonized:
 
     def forward(self, images, indices, generator):
         z1, z2 = self.encode(*self.views(images, generator))
-        z1, z2 = gather_with_grad(z1), gather_with_grad(z2)  # under DDP: the global batch
-        loss = nt_xent(z1, z2, self.temperature)
+        # GH's loss and the prior work on the global batch too: gathered once here, for all three
+        z1, z2, indices = global_batch(z1, z2, indices)
+        loss = nt_xent(z1, z2, self.temperature, gather=False)
         t1, t2 = target_logits(z1, self.targets), target_logits(z2, self.targets)
-        self.prior.update(gather(indices), t1, self.epoch, self.gh.warmup_epochs)
+        self.prior.update(indices, t1, self.epoch, self.gh.warmup_epochs)
         g = self.gh
         with torch.set_grad_enabled(self.weight > 0):  # in the warm-up it is only logged: no graph
             harmonization = gh_loss(t1, t2, self.prior.prior, g.temperature, g.sinkhorn_epsilon,

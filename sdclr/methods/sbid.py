@@ -16,7 +16,7 @@ import torch
 from torch.nn import functional as F
 
 from sdclr.data.cutmix import cutmix
-from sdclr.distributed import all_reduce_sum, gather, gather_with_grad, is_active, rank_offset
+from sdclr.distributed import all_reduce_sum, global_batch, is_active, rank_offset
 from sdclr.losses import bank_instance_loss
 from sdclr.memory_bank import MemoryBank
 from sdclr.methods.base import Method
@@ -82,11 +82,10 @@ class SingleBranchID(Method):
         partner_pos = torch.arange(b, device=indices.device) if perm is None else perm
         if is_active():
             # DDP: every rank computes the same loss over the global batch and applies the same
-            # bank update, so the banks stay identical without broadcasting them.
-            z_hat = gather_with_grad(z_hat)
-            partner_pos = gather(partner_pos + rank_offset(b))
-            lam = gather(torch.full((b,), lam, device=indices.device))  # CutMix draws are per rank
-            indices = gather(indices)
+            # bank update, so the banks stay identical without broadcasting them. The gather is
+            # here, not in the loss (as NT-Xent's is): the bank update needs the global rows too.
+            lam = torch.full((b,), lam, device=indices.device)  # CutMix draws are per rank
+            z_hat, partner_pos, lam, indices = global_batch(z_hat, partner_pos + rank_offset(b), lam, indices)
 
         columns = self.bank.candidates(indices, self.negatives, self.shared_generator or generator)
         # Where each row's target sits among the logits' columns: the bank index itself for

@@ -8,7 +8,7 @@ reach the shared weights (masked positions get none from the pruned branch).
 
 from __future__ import annotations
 
-from sdclr.distributed import check_identical, gather_with_grad
+from sdclr.distributed import check_identical
 from sdclr.losses import nt_xent
 from sdclr.methods.base import Method
 from sdclr.models import DENSE, PRUNED
@@ -42,5 +42,4 @@ class SDCLR(Method):
 
     def forward(self, images, indices, generator):
         z1, z2 = self.encode(*self.views(images, generator))
-        # Under DDP: the global batch's features from every rank (identity in one process).
-        return nt_xent(gather_with_grad(z1), gather_with_grad(z2), self.temperature), {}
+        return nt_xent(z1, z2, self.temperature), {}  # under DDP over the global batch (it gathers)

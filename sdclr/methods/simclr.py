@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import torch
 
-from sdclr.distributed import gather_with_grad
 from sdclr.losses import nt_xent
 from sdclr.methods.base import Method
 from sdclr.models import DENSE
@@ -31,8 +30,7 @@ class SimCLR(Method):
 
     def forward(self, images, indices, generator):
         z1, z2 = self.encode(*self.views(images, generator))
-        # Under DDP: the global batch's features from every rank (identity in one process).
-        return nt_xent(gather_with_grad(z1), gather_with_grad(z2), self.temperature), {}
+        return nt_xent(z1, z2, self.temperature), {}  # under DDP over the global batch (it gathers)
 
 
 class SimCLRTS(SimCLR):
