@@ -284,8 +284,8 @@ CLAIM_HEADINGS = {
 
 def verdict_sections(rows: list[dict], figure: Path) -> list[str]:
     """report.md's claims sections, one per source, with how the intervals and the family-wise
-    verdicts are computed, and the forest figure of every claim (written to ``figure``)."""
-    plot_paired_differences(rows, figure)
+    verdicts are computed, and a link to the forest figure of every claim (``figure``, drawn by
+    :func:`plot_paired_differences`)."""
     md = ["## Claims checked on this run", "",
           f"Paired over splits: for each split k the difference d_k = a_k − b_k (both methods trained on the "
           f"same long-tail subset), then mean(d) with a {CONFIDENCE:.0%} Student-t interval "
@@ -658,6 +658,7 @@ def write_report(metrics_root: Path, history_root: Path, splits_summary: Path, p
     ]
     for kind, title in KINDS.items():
         md += [f"## {title}", "", markdown_table(agg, kind), ""]
+    plot_paired_differences(paired, figures / "paired_differences.png")
     md += verdict_sections(paired, figures / "paired_differences.png")
     md += undecided_section(paired, n_splits)
     per_image = load_per_image(history_root)
