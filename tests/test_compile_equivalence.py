@@ -37,7 +37,8 @@ from sdclr.config import Params, parse_params
 from sdclr.data.augment import BatchAugment
 from sdclr.errors import ParamError
 from sdclr.encoder_file import ModelSpec
-from sdclr.train import Job, Training, build
+from sdclr.train import Job, build
+from sdclr.training import Training
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 50

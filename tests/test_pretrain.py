@@ -19,7 +19,8 @@ from sdclr.data.longtail import make_splits, write_splits
 from sdclr.errors import TrainingError
 from sdclr.io import save_npz, sha256_array, write_json
 from sdclr.encoder_file import ModelSpec
-from sdclr.train import Job, Outputs, lr_at, pretrain
+from sdclr.train import Job, Outputs, pretrain
+from sdclr.training import lr_at
 from tests.conftest import balanced_labels
 from tests.dvc_project import make_project, project_env, run_in_process, stage_command
 

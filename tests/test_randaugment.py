@@ -13,7 +13,6 @@ from PIL import Image, ImageDraw
 from torchvision.transforms import InterpolationMode
 
 from sdclr.data.randaugment import (
-    CUTOUT_FILL,
     GEOMETRIC,
     NONE,
     NUM_OPS,
@@ -24,6 +23,7 @@ from sdclr.data.randaugment import (
     rand_augment,
     sample_plan,
 )
+from sdclr.data.randaugment_ops import CUTOUT_FILL
 
 H, W = 20, 24  # not square: catches a W/H mix-up in the geometric matrices
 MAGNITUDES = (0.0, 7.5, 19.0, 30.0)
