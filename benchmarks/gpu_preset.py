@@ -67,7 +67,7 @@ def job(args) -> None:
     from sdclr.data.longtail import load_split
     from sdclr.evaluate import evaluate_encoder
     from sdclr.io import load_raw, write_json
-    from sdclr.methods import Method
+    from sdclr.methods.base import Method
     from sdclr.models import build_model
     from sdclr.numerics import describe
     from sdclr.device import resolve_device
@@ -191,7 +191,8 @@ def prepare(args) -> None:
 
 def report(args) -> None:
     """The report stage's outputs from a run's metrics and histories (no MLflow run)."""
-    from sdclr.report import deviations, write_report
+    from sdclr.report import write_report
+    from sdclr.report.deviations import deviations
 
     params = load_params(args.preset, args.device, args.set)
     src = Path(args.source)

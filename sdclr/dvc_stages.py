@@ -1,15 +1,17 @@
-"""dvc.yaml, written from the method registry and the stage scripts' imports.
+"""dvc.yaml, written from params.yaml's ``methods``, the method registry and the stage scripts' imports.
 
 Each stage depends on exactly the project files its script can import (the import closure,
 read from the source), plus, for a pretrain stage, its own method's module and what that
 imports (the registry imports a method only when asked for). So editing ``sbid.py`` re-runs
-sbid's stages and the report, nothing else; a new method in :data:`sdclr.methods.REGISTRY`
-gets its ``pretrain-``/``evaluate-`` stages here, on the splits its class names
-(``splits_key``), with the params it declares (``stage_params``).
+sbid's stages and the report, nothing else. Each method params.yaml lists gets its
+``pretrain-``/``evaluate-`` stages here, on ``subsample.splits``, with the params it declares
+(``stage_params``); the report declares its scores and its own figures.
 
-    python -m sdclr.dvc_stages           # rewrite dvc.yaml
+    python -m sdclr.dvc_stages           # rewrite dvc.yaml (after editing params.yaml's methods)
     python -m sdclr.dvc_stages --check   # exit 1 if dvc.yaml is not what this writes
 
+DVC cannot add stages from a param, so a change of ``methods`` needs this command (a preset
+that changes it runs it itself); the report stage says so if the two disagree.
 tests/test_dvc_deps.py checks that the committed dvc.yaml is current.
 """
 
@@ -82,11 +84,15 @@ def method_module(name: str, root: Path = ROOT) -> Path:
 
 
 @functools.cache  # every evaluate stage has the same deps: computed once
-def code_deps(script: str, methods: tuple[str, ...] = (), root: Path = ROOT) -> tuple[str, ...]:
-    """The script, then every other project file it (and the named methods' modules) can import."""
+def code_deps(script: str, methods: tuple[str, ...] = (), modules: tuple[str, ...] = (),
+              root: Path = ROOT) -> tuple[str, ...]:
+    """The script, then every other project file it, the named methods' modules and the named
+    ``modules`` (imported by name at run time, e.g. a method's report section) can import."""
     files = import_closure(root / script, root)
     for name in methods:
         files |= import_closure(method_module(name, root), root)
+    for name in modules:
+        files |= import_closure(_module_file(name, root), root)
     rest = sorted(p.relative_to(root).as_posix() for p in files if p != (root / script).resolve())
     return (script, *rest)
 
@@ -104,7 +110,7 @@ def _pretrain(name: str, cls) -> list[str]:
     return [
         *(f"  # {line}" for line in textwrap.wrap(about, 100, break_on_hyphens=False)),
         f"  pretrain-{name}:",
-        f"    foreach: ${{{cls.splits_key}}}",
+        "    foreach: ${subsample.splits}",
         "    do:",
         "      cmd: >-",
         f"        python stages/pretrain.py --method {name} --split ${{item}} --raw {DATA} --splits {SPLITS}",
@@ -117,12 +123,12 @@ def _pretrain(name: str, cls) -> list[str]:
     ]
 
 
-def _evaluate(name: str, splits_key: str, params: tuple[str, ...]) -> list[str]:
+def _evaluate(name: str, params: tuple[str, ...]) -> list[str]:
     model = [] if name == "random" else [f"models/{name}/split${{item}}.pt"]
     model_arg = "" if name == "random" else f" --model models/{name}/split${{item}}.pt"
     return [
         f"  evaluate-{name}:",
-        f"    foreach: ${{{splits_key}}}",
+        "    foreach: ${subsample.splits}",
         "    do:",
         "      cmd: >-",
         f"        python stages/evaluate.py --method {name} --split ${{item}} --raw {DATA} --splits {SPLITS}{model_arg}",
@@ -139,9 +145,9 @@ def _uncached(key: str, paths: list[str]) -> list[str]:
 
 
 HEADER = """\
-# Written by `python -m sdclr.dvc_stages` from the method registry (sdclr/methods/__init__.py)
-# and the stage scripts' imports: edit those and re-run it, not this file
-# (tests/test_dvc_deps.py checks that this file is what it writes).
+# Written by `python -m sdclr.dvc_stages` from params.yaml's `methods`, the method registry
+# (sdclr/methods/__init__.py) and the stage scripts' imports: edit those and re-run it, not this
+# file (tests/test_dvc_deps.py checks that this file is what it writes).
 #
 # Each stage declares, as deps, the project files its script can import (a pretrain stage: and
 # its own method's module), plus its data, and exactly the params it reads, so any change it
@@ -169,12 +175,14 @@ plots:
 """
 
 
-def render() -> str:
-    """The whole dvc.yaml."""
-    from sdclr.config import Params
+def render(params_path: Path = ROOT / "params.yaml") -> str:
+    """The whole dvc.yaml for the methods ``params_path`` lists."""
+    from sdclr.config import Params, load_params, method_blocks
     from sdclr.evaluate import STAGE_PARAMS
     from sdclr.methods import METHODS, method_class
 
+    listed = load_params(params_path).methods
+    methods = tuple(m for m in METHODS if m in listed)  # the registry's order, as the report's
     lines = [
         "  download:",
         f"    cmd: python stages/download.py --out {DATA}",
@@ -189,29 +197,31 @@ def render() -> str:
         *_list("outs", [SPLITS], 4),
         "",
     ]
-    for name in METHODS:
+    for name in methods:
         lines += _pretrain(name, method_class(name))
     lines += ["  # The untrained encoder of the same architecture (its `model` from params.yaml): what pretraining bought.",
-              *_evaluate("random", "subsample.splits", (*STAGE_PARAMS, "model"))]
-    for name in METHODS:
-        lines += _evaluate(name, method_class(name).splits_key, STAGE_PARAMS)
-    every_param = [f.name for f in dataclasses.fields(Params)]
+              *_evaluate("random", (*STAGE_PARAMS, "model"))]
+    for name in methods:
+        lines += _evaluate(name, STAGE_PARAMS)
+    sections = tuple(dict.fromkeys(method_class(m).report_section.split(":")[0] for m in methods
+                                   if method_class(m).report_section))
+    figures = ("group_accuracy", "pretrain_loss", "class_counts", "paired_differences",
+               *dict.fromkeys(f for m in methods for f in method_class(m).figures))
+    every_param = [*(f.name for f in dataclasses.fields(Params) if f.name != "blocks"), *method_blocks()]
     lines += [
         "  report:",
         "    cmd: >-",
         f"      python stages/report.py --metrics reports/metrics --history reports/pretrain --splits {SPLITS}",
         "      --out reports",
-        *_list("deps", [*code_deps("stages/report.py", METHODS), "presets", "reports/metrics", "reports/pretrain",
-                        f"{SPLITS}/summary.json"], 4),
+        *_list("deps", [*code_deps("stages/report.py", methods, sections), "presets", "reports/metrics",
+                        "reports/pretrain", f"{SPLITS}/summary.json"], 4),
         "    # The report's settings table shows every param, so it reads them all.",
         f"    params: [{', '.join(every_param)}]",
         "    # `dvc metrics show`: one row per method, a few headline numbers (fractions; the keys of",
-        "    # sdclr.report.SCORES).",
-        *_uncached("metrics", [f"reports/scores/{m}.json" for m in ("random", *METHODS)]),
+        "    # sdclr.report.aggregate.SCORES).",
+        *_uncached("metrics", [f"reports/scores/{m}.json" for m in ("random", *methods)]),
         *_uncached("outs", ["reports/summary.json", "reports/pretrain_loss.csv", "reports/report.md"]),
-        *_uncached("plots", [f"reports/figures/{f}.png" for f in ("group_accuracy", "pretrain_loss", "class_counts",
-                                                                   "bcl_w_by_group", "gh_prior",
-                                                                   "paired_differences")]),
+        *_uncached("plots", [f"reports/figures/{f}.png" for f in figures]),
         "",
     ]
     return HEADER + "\n".join(lines) + "\n" + PLOTS
@@ -220,9 +230,10 @@ def render() -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if dvc.yaml differs from what would be written")
+    parser.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="the params file whose methods it lists")
     parser.add_argument("--out", type=Path, default=ROOT / "dvc.yaml")
     args = parser.parse_args(argv)
-    text = render()
+    text = render(args.params)
     if args.check:
         current = args.out.read_text() if args.out.is_file() else ""
         if current != text:

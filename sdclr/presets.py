@@ -7,6 +7,9 @@ leaves a half-edited or invalid params.yaml behind.
 
     python -m sdclr.presets cifar10_paper          # edit ./params.yaml
     bash scripts/reproduce.sh --preset cifar10_paper   # the same, then `dvc repro`
+
+A preset that changes ``methods`` also rewrites the dvc.yaml beside params.yaml for them
+(:mod:`sdclr.dvc_stages`), since DVC cannot add stages from a param.
 """
 
 from __future__ import annotations
@@ -74,6 +77,10 @@ def apply_preset(name: str, params_path: Path = Path("params.yaml"), preset_dir:
     text = buf.getvalue()
     parse_params(yaml.safe_load(text), f"{params_path} with preset {name}")  # the merged file must be valid
     write_bytes(params_path, text.encode())
+    if "methods" in changed:
+        from sdclr.dvc_stages import render
+
+        write_bytes(Path(params_path).parent / "dvc.yaml", render(Path(params_path)).encode())
     return changed
 
 
@@ -87,7 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     except SdclrError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    print(f"preset {args.name}: {len(changed)} key(s) changed in {args.params}" + (": " + ", ".join(changed) if changed else ""))
+    print(f"preset {args.name}: {len(changed)} key(s) changed in {args.params}" + (": " + ", ".join(changed) if changed else "")
+          + ("; dvc.yaml rewritten for its methods" if "methods" in changed else ""))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ from sdclr.encoder_file import load_encoder
 from sdclr.errors import ConfigError
 from sdclr.evaluate import STAGE_PARAMS, evaluate_encoder, flat_metrics
 from sdclr.io import load_raw, md5_file, write_json
-from sdclr.methods import METHODS, Method
+from sdclr.methods import METHODS
+from sdclr.methods.base import Method
 from sdclr.models import build_model
 from sdclr.stage import run_stage
 

@@ -9,12 +9,19 @@ from pathlib import Path
 
 from sdclr import tracking
 from sdclr.config import as_flat_dict
-from sdclr.report import deviations, markdown_table, write_report
+from sdclr.errors import DataError
+from sdclr.report import write_report
+from sdclr.report.deviations import deviations
+from sdclr.report.markdown import markdown_table
 from sdclr.stage import run_stage
 
 
 def main(params, args):
     tracking.check_store()
+    missing = [m for m in params.methods if not (args.metrics / m).is_dir()]
+    if missing:
+        raise DataError(f"params.yaml lists {', '.join(missing)} in methods, but {args.metrics} has no metrics for "
+                        "them: dvc.yaml has no stages for them yet; run `python -m sdclr.dvc_stages`, then `dvc repro`.")
     agg = write_report(args.metrics, args.history, args.splits / "summary.json", params, args.out, deviations(params))
     tags = {"dataset": params.data.dataset, "stage": "report"}
     with tracking.Run(tracking.report_experiment_name(params.data.dataset), "report", as_flat_dict(params), tags,

@@ -36,6 +36,10 @@ def make_project(dest: Path, params_update: dict | None = None) -> Path:
     (dest / ".dvc" / "tmp").mkdir(parents=True, exist_ok=True)
     if params_update:
         update_params(dest, params_update)
+        if "methods" in params_update:  # as a user would: dvc.yaml written for the new list
+            from sdclr.dvc_stages import render
+
+            (dest / "dvc.yaml").write_text(render(dest / "params.yaml"))
     env = project_env(dest)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "test project"]):

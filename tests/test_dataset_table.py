@@ -27,7 +27,8 @@ from sdclr.data.datasets import DATASETS, Dataset, PaperReference, SystemCopy
 from sdclr.data.formats import parse_cifar_pickle, parse_idx
 from sdclr.errors import ConfigError
 from sdclr.io import load_raw
-from sdclr.report import deviations, reference_section
+from sdclr.report.deviations import deviations
+from sdclr.report.markdown import reference_section
 from tests.dvc_project import ROOT, run_in_process, stage_command
 from tests.test_sources import _batch, _md5s
 

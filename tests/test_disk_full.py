@@ -85,7 +85,7 @@ def test_metrics_reports_and_checkpoints_refuse_a_file_size_limit_alike(tmp_path
         from sdclr import checkpoint
         from sdclr.errors import OutputError
         from sdclr.io import write_json
-        from sdclr.plots import _pyplot, save_figure
+        from sdclr.report.figures import pyplot as _pyplot, save_figure
         out = {str(tmp_path)!r}
         fig = _pyplot().figure()
         fig.gca().plot(range(1000), [i * i % 97 for i in range(1000)])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import json
 import shlex
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -34,26 +35,37 @@ def stage_scripts(dvc_yaml: dict) -> dict[str, tuple[Path, list[str]]]:
     return out
 
 
-def runs_code_of(name: str, script: Path) -> set[Path]:
+def runs_code_of(name: str, script: Path, listed: list[str]) -> set[Path]:
     """The files a stage runs: its script's closure, plus the methods it loads by name (a pretrain
-    stage its own, the report every one)."""
-    methods = {"report": METHODS}.get(name, [name.removeprefix("pretrain-")] if name.startswith("pretrain-") else [])
-    return import_closure(script).union(*(import_closure(method_module(m)) for m in methods))
+    stage its own, the report every listed one, and their report sections)."""
+    methods = {"report": listed}.get(name, [name.removeprefix("pretrain-")] if name.startswith("pretrain-") else [])
+    sections = {method_class(m).report_section.split(":")[0] for m in methods
+                if name == "report" and method_class(m).report_section}
+    files = import_closure(script).union(*(import_closure(method_module(m)) for m in methods))
+    return files.union(*(import_closure(ROOT / (s.replace(".", "/") + ".py")) for s in sections))
 
 
 def uncovered(dvc_yaml: dict) -> list[str]:
     """'stage: file' for every file a stage runs that none of its deps covers."""
     missing = []
+    listed = [n.removeprefix("pretrain-") for n in dvc_yaml["stages"] if n.startswith("pretrain-")]
     for name, (script, deps) in stage_scripts(dvc_yaml).items():
-        for path in sorted(runs_code_of(name, script)):
+        for path in sorted(runs_code_of(name, script, listed)):
             rel = path.relative_to(ROOT).as_posix()
             if not any(rel == d.rstrip("/") or rel.startswith(d.rstrip("/") + "/") for d in deps):
                 missing.append(f"{name}: {rel}")
     return missing
 
 
-def _dvc_yaml() -> dict:
-    return yaml.safe_load((ROOT / "dvc.yaml").read_text())
+def _dvc_yaml(every_method: bool = True) -> dict:
+    """The dvc.yaml written for params.yaml with every registered method listed (the committed
+    one lists the default's)."""
+    if not every_method:
+        return yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        params = yaml.safe_load((ROOT / "params.yaml").read_text())
+        (Path(tmp) / "params.yaml").write_text(yaml.safe_dump({**params, "methods": list(METHODS)}, sort_keys=False))
+        return yaml.safe_load(render(Path(tmp) / "params.yaml"))
 
 
 def test_dvc_yaml_is_what_the_registry_and_the_imports_write():
@@ -61,6 +73,7 @@ def test_dvc_yaml_is_what_the_registry_and_the_imports_write():
 
 
 def test_every_stage_depends_on_all_the_code_it_runs():
+    assert not uncovered(_dvc_yaml(every_method=False))
     missing = uncovered(_dvc_yaml())
     assert not missing, "dvc.yaml misses code deps (stage: file):\n" + "\n".join(missing)
 
@@ -81,7 +94,7 @@ def test_the_closure_finds_lazy_imports_and_package_inits():
     # imported inside main() (lazily), and through the models package
     assert {"sdclr/evaluate.py", "sdclr/encoder_file.py", "sdclr/models/resnet.py", "sdclr/models/__init__.py",
             "sdclr/__init__.py"} <= closure
-    assert not {"sdclr/report.py", "sdclr/train.py", "sdclr/plots.py"} & closure
+    assert not {"sdclr/report/__init__.py", "sdclr/train.py", "sdclr/report/figures.py"} & closure
 
 
 def test_a_removed_dep_is_named():
@@ -133,9 +146,9 @@ def test_the_report_declares_one_metrics_file_per_method_and_the_loss_plot():
 TINY = {"device": "cpu", "subsample": {"splits": [0]}}
 
 
-def _fake_outputs(proj: Path, later_methods: bool = False) -> None:
-    """Put a file at every output (and data dep) of the graph, so `dvc commit` can lock it as run
-    (the later methods' outputs too when ``later_methods``: their stages then run on split 0)."""
+def _fake_outputs(proj: Path, methods: tuple[str, ...] = ("simclr", "sdclr", "sbid")) -> None:
+    """Put a file at every output (and data dep) of the graph of ``methods``, so `dvc commit` can
+    lock it as run."""
     for rel in ("data/raw/fashion_mnist/train.npz", "data/splits/fashion_mnist/split0.npz",
                 "data/splits/fashion_mnist/pool_val.npz", "data/splits/fashion_mnist/summary.json",
                 "reports/report.md", "reports/summary.json", "reports/pretrain_loss.csv",
@@ -143,7 +156,7 @@ def _fake_outputs(proj: Path, later_methods: bool = False) -> None:
                                                         "bcl_w_by_group", "gh_prior", "paired_differences"))):
         (proj / rel).parent.mkdir(parents=True, exist_ok=True)
         (proj / rel).write_text(rel)
-    trained = [m for m in METHODS if later_methods or method_class(m).splits_key == "subsample.splits"]
+    trained = list(methods)
     for m in trained:
         for rel in (f"models/{m}/split0.pt", f"reports/pretrain/{m}/split0.csv",
                     *([f"reports/pretrain/{m}/per_image_split0.csv"] if method_class(m).per_image else [])):
@@ -152,7 +165,7 @@ def _fake_outputs(proj: Path, later_methods: bool = False) -> None:
     for m in ("random", *trained):
         (proj / f"reports/metrics/{m}").mkdir(parents=True, exist_ok=True)
         (proj / f"reports/metrics/{m}/split0.json").write_text("{}")
-    for m in ("random", *METHODS):
+    for m in ("random", *trained):
         (proj / f"reports/scores/{m}.json").parent.mkdir(parents=True, exist_ok=True)
         (proj / f"reports/scores/{m}.json").write_text("{}")
 
@@ -203,13 +216,13 @@ def test_dvc_status_sees_a_code_change_in_exactly_the_stages_that_run_it(tmp_pat
 def test_a_bcl_or_gh_param_changes_only_their_stages_and_later_methods_are_off_by_default(tmp_path):
     """`dvc exp run -S bcl.beta=0.9` must re-run BCL-I and BCL-D (and the report, which shows
     every param), nothing else, and a `gh` param GH's two methods only; with the default
-    `later_methods.splits: []` none of their stages exists."""
+    `methods` none of their stages exists."""
     default = make_project(tmp_path / "default", TINY)
     stages = dvc(default, "stage", "list", "--name-only").stdout.split()
     assert not [s for s in stages if any(m in s for m in ("simclr_ts", "bcl_i", "bcl_d", "_gh"))], stages
 
-    proj = make_project(tmp_path / "proj", {**TINY, "later_methods": {"splits": [0]}})
-    _fake_outputs(proj, later_methods=True)
+    proj = make_project(tmp_path / "proj", {**TINY, "methods": list(METHODS)})
+    _fake_outputs(proj, METHODS)
     dvc(proj, "commit", "-f")
     assert _changed_stages(proj) == set()
     update_params(proj, {"bcl": {"beta": 0.9}})

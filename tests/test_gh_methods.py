@@ -3,6 +3,8 @@ changes the step, the prior's memory follows the images, and a resume is bit-ide
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
@@ -12,7 +14,8 @@ from sdclr.config import parse_params
 from sdclr.encoder_file import ModelSpec
 from sdclr.errors import ParamError
 from sdclr.io import load_npz
-from sdclr.report import gh_prior_section, load_per_image, total_variation
+from sdclr.methods.gh_report import prior_section, total_variation
+from sdclr.report.aggregate import load_per_image
 from sdclr.train import Job, build
 from tests.test_later_methods import straight_and_resumed
 from tests.test_pretrain import tiny_project  # noqa: F401  (the fixture)
@@ -90,7 +93,7 @@ def test_too_many_targets_for_the_projection_is_one_sentence_when_gh_runs(tiny_p
     raw = yaml.safe_load((tiny_project / "params.yaml").read_text())
     raw["gh"]["num_targets"] = 10
     parse_params(raw)  # no GH stage: accepted
-    raw["later_methods"]["splits"] = [0]
+    raw["methods"] = [*raw["methods"], "sdclr_gh"]
     with pytest.raises(ParamError, match=r"gh.num_targets = 10 does not fit a simplex in model.proj_dim = 8"):
         parse_params(raw)
 
@@ -105,21 +108,24 @@ def test_the_report_compares_pi_with_the_class_frequencies(tmp_path):
                               "cluster": [(c + split) % 5 for c in classes]})  # any labelling of the classes
         (tmp_path / "sdclr_gh").mkdir(exist_ok=True)
         frame.to_csv(tmp_path / "sdclr_gh" / f"per_image_split{split}.csv", index=False)
-    lines = gh_prior_section(load_per_image(tmp_path), 5, tmp_path / "gh_prior.png")
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    params = parse_params({**raw, "gh": {**raw["gh"], "num_targets": 5}})
+    lines = prior_section(load_per_image(tmp_path), params, tmp_path)
     row = next(line for line in lines if line.startswith("| sdclr_gh"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     uniform = total_variation([0.2] * 5, [0.5, 0.25, 0.125, 0.0625, 0.0625])
     assert cells[1] == "5.0 of 5" and cells[2] == "0.500" and cells[3] == "0.000" and cells[4] == f"{uniform:.3f}"
     assert cells[7] == "3" and cells[8] == "**agrees**", row
     assert (tmp_path / "gh_prior.png").stat().st_size > 5_000
-    assert gh_prior_section(pd.DataFrame(), 5, tmp_path / "none.png") == [] and (tmp_path / "none.png").exists()
+    (tmp_path / "gh_prior.png").unlink()
+    assert prior_section(pd.DataFrame(), params, tmp_path) == [] and (tmp_path / "gh_prior.png").exists()
 
 
 def test_every_source_of_claims_has_its_section_in_the_report():
     """A claim whose source has no heading would be computed and never shown (GH's were, at first)."""
-    from sdclr.report import CLAIM_HEADINGS, claims
+    from sdclr.report.claims import claim_headings, claims
 
-    assert {c.source for c in claims()} == set(CLAIM_HEADINGS)
-    pairs = {(c.a, c.b, c.metric) for c in claims() if c.source == "GH (Zhou et al. 2023)"}
+    assert {c.source for c in claims()} == set(claim_headings())
+    pairs = {(c.a, c.claim.b, c.claim.metric) for c in claims() if c.source == "GH (Zhou et al. 2023)"}
     assert pairs == {(gh, base, metric) for gh, base in (("simclr_gh", "simclr"), ("sdclr_gh", "sdclr"))
                      for metric in ("accuracy", "minor", "balancedness")}

@@ -15,7 +15,8 @@ from sdclr.data.longtail import class_and_group
 from sdclr.io import load_npz
 from sdclr.losses import cosine_temperature, nt_xent, nt_xent_per_image
 from sdclr.methods import METHODS, method_class
-from sdclr.report import bcl_weight_section, load_per_image, scores
+from sdclr.methods.bcl_report import weight_section
+from sdclr.report.aggregate import load_per_image, scores
 from sdclr.encoder_file import ModelSpec
 from sdclr.train import Job, Outputs, build, pretrain
 from tests.test_pretrain import tiny_project  # noqa: F401  (the fixture)
@@ -163,13 +164,15 @@ def test_bcl_w_section_checks_the_premise_per_split_and_says_when_bcl_did_not_ru
         for group, w in (("major", 0.3), ("moderate", 0.5), ("minor", 0.7 + 0.01 * split)):
             rows += [{"method": "bcl_i", "split": split, "image": i, "class": 0, "group": group, "w": w}
                      for i in range(4)]
-    section = "\n".join(bcl_weight_section(pd.DataFrame(rows), tmp_path / "w.png"))
+    section = "\n".join(weight_section(pd.DataFrame(rows), None, tmp_path))
     assert "| bcl_i | 0.300 | 0.500 | 0.710 | +0.410 |" in section and "**agrees**" in section
-    assert (tmp_path / "w.png").stat().st_size > 0
+    figure = tmp_path / "bcl_w_by_group.png"
+    assert figure.stat().st_size > 0
 
     assert load_per_image(tmp_path / "nothing").empty
-    assert bcl_weight_section(pd.DataFrame(), tmp_path / "empty.png") == []
-    assert (tmp_path / "empty.png").stat().st_size > 0  # dvc.yaml declares it: it says why it is empty
+    figure.unlink()
+    assert weight_section(pd.DataFrame(), None, tmp_path) == []
+    assert figure.stat().st_size > 0  # dvc.yaml declares it: it says why it is empty
 
 
 def test_every_method_has_a_scores_file_with_zero_splits_when_it_did_not_run():

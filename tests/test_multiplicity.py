@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 
 from sdclr.config import parse_params
-from sdclr.report import compare, load_metrics, plot_paired_differences, write_report
+from sdclr.report import write_report
+from sdclr.report.aggregate import load_metrics
+from sdclr.report.claims import compare
+from sdclr.report.figures import plot_paired_differences
 from sdclr.stats import AGREES, DISAGREES, INCONCLUSIVE, holm, paired_difference, paired_t_p, verdict_from_p
 from tests.dvc_project import splits_summary
 from tests.test_report import _write_metrics

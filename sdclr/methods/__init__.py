@@ -1,8 +1,8 @@
 """The registry of pretraining methods: one entry per method, everything else reads it.
 
-``REGISTRY`` is the one list of methods: the stages' ``--method`` choices, the report's
-row order and the stages in dvc.yaml (written from it by ``python -m sdclr.dvc_stages``)
-all come from it. Each class (:class:`sdclr.methods.base.Method`) declares what is specific
+``REGISTRY`` is the one list of methods that exist: the stages' ``--method`` choices, the
+report's row order and the params blocks a params.yaml may have all come from it; params.yaml's
+``methods`` chooses which of them run (``python -m sdclr.dvc_stages`` writes their stages). Each class (:class:`sdclr.methods.base.Method`) declares what is specific
 to it. A class is imported only when asked for, so a pretrain stage imports — and DVC
 tracks — the module of its own method only: editing ``sbid.py`` re-runs sbid's stages.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 
 from sdclr.errors import ConfigError
-from sdclr.methods.base import Method
 
 #: every pretraining method: its key → ``module:Class``, in the report's order
 REGISTRY: dict[str, str] = {
@@ -28,8 +27,10 @@ REGISTRY: dict[str, str] = {
 METHODS: tuple[str, ...] = tuple(REGISTRY)
 
 
-def method_class(name: str) -> type[Method]:
-    """The class registered under ``name`` (its module imported now)."""
+def method_class(name: str) -> type:
+    """The :class:`~sdclr.methods.base.Method` subclass registered under ``name`` (its module imported
+    now; not at the top of this file, which params reading imports: so DVC's code deps of a stage
+    name no method module it does not train)."""
     try:
         module, cls = REGISTRY[name].split(":")
     except KeyError:

@@ -7,14 +7,19 @@ message should name, which params its DVC stage reads); an instance does a whole
 training step in one ``forward`` call (all views, all branches) and returns the loss,
 which keeps DistributedDataParallel happy (one forward per backward).
 
-Adding a method: a module with a ``Method`` subclass that declares what it reads
-(``reads``, ``own_settings``, ``splits_key``), its entry in :data:`sdclr.methods.REGISTRY`,
-its params block in params.yaml and ``sdclr.config`` if it has own params; then
+A method's class also owns what the rest of the pipeline says about it: its params block
+(``params_block``: its key in params.yaml and the dataclass that checks it), what a paper
+claims about it (``claim_source``, ``claim_heading``, ``claims``: the report checks each on
+every run) and its own report section and figures, if any (``report_section``, ``figures``).
+
+Adding a method: a module with a ``Method`` subclass, its entry in :data:`sdclr.methods.REGISTRY`,
+its params block (if any) in params.yaml and its name in params.yaml's ``methods``; then
 ``python -m sdclr.dvc_stages`` writes its stages into dvc.yaml (see docs/design.md).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -22,6 +27,31 @@ from torch import nn
 
 from sdclr.config import Params, param
 from sdclr.models import HeadSpec
+
+#: the probes a claim may name (the evaluate stage's metrics file has one entry each)
+PROBES = ("full_shot", "few_shot", "knn")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A published direction about a method ``a``: ``a`` − ``b`` on ``metric`` (accuracy |
+    minor | balancedness) of probe ``kind`` should have the sign ``direction``."""
+
+    b: str
+    kind: str
+    metric: str
+    direction: int
+
+
+def claims_against(b: str, minor: bool = True, balanced: bool = False) -> tuple[Claim, ...]:
+    """The usual claims of a long-tail paper over its baseline ``b``: higher accuracy on every
+    probe; with ``minor``, higher Minor-group accuracy; with ``balanced``, a lower group std
+    (both on the two linear probes)."""
+    out = [Claim(b, kind, "accuracy", +1) for kind in PROBES]
+    out += [Claim(b, kind, "minor", +1) for kind in ("full_shot", "few_shot")] if minor else []
+    out += [Claim(b, kind, "balancedness", -1) for kind in ("full_shot", "few_shot")] if balanced else []
+    return tuple(out)
+
 
 #: the params every pretraining stage reads (dvc.yaml lists them, plus each method's own)
 SHARED_STAGE_PARAMS = ("seed", "device", "numerics", "data.dataset", "augment", "pretrain")
@@ -49,10 +79,24 @@ class Method(nn.Module):
     #: shared settings (``epochs``, ``lr``, ``weight_decay``) it may take from a key of its own;
     #: ``null`` at that key = the shared ``pretrain.<setting>``
     own_settings: ClassVar[dict[str, str]] = {}
-    #: the params.yaml list of the splits its stages run on
-    splits_key: ClassVar[str] = "subsample.splits"
+    #: its own params.yaml block: (key, dataclass checking it); methods of one paper may share one
+    params_block: ClassVar[tuple[str, type] | None] = None
     #: its pretrain stage writes :meth:`per_image_state` as a CSV (``--per-image``)
     per_image: ClassVar[bool] = False
+
+    # ---- what the report says about it
+
+    #: who claims something about it (a report heading; methods of one paper share it)
+    claim_source: ClassVar[str | None] = None
+    #: what that source claims, in one sentence
+    claim_heading: ClassVar[str] = ""
+    #: the claims the report checks on every run where both methods ran
+    claims: ClassVar[tuple[Claim, ...]] = ()
+    #: ``"module:function"`` of its own report section, ``f(per_image, params, figures_dir) ->
+    #: markdown lines``: kept out of this module, so that editing a figure retrains nothing
+    report_section: ClassVar[str | None] = None
+    #: the figures that section draws (``reports/figures/<name>.png``, declared in dvc.yaml)
+    figures: ClassVar[tuple[str, ...]] = ()
 
     #: the contrastive temperature in use (logged every epoch)
     temperature: float
@@ -73,6 +117,10 @@ class Method(nn.Module):
     def from_params(cls, params: Params, net: nn.Module, num_samples: int) -> "Method":
         """The method around ``net`` (built with :meth:`head_spec`); ``num_samples`` = training-set size."""
         raise NotImplementedError
+
+    @classmethod
+    def check_params(cls, params: Params) -> None:
+        """Checks across params groups, run when params.yaml lists the method (one ParamError sentence)."""
 
     @classmethod
     def head_spec(cls, params: Params) -> HeadSpec:

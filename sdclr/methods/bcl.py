@@ -18,21 +18,45 @@ gathered global batch, so every rank holds the same scores and the same w.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 
 from sdclr.data.randaugment import rand_augment
 from sdclr.distributed import global_batch
 from sdclr.losses import nt_xent_per_image
 from sdclr.memorization import MemorizationScores
+from sdclr.methods.base import claims_against
 from sdclr.methods.sdclr import SDCLR
 from sdclr.methods.simclr import SimCLR
+from sdclr.schema import in_range, non_negative, positive, setting
+
+
+@dataclass(frozen=True)
+class BclParams:
+    """Boosted Contrastive Learning (Zhou et al., ICML 2022): BCL-I on SimCLR, BCL-D on SDCLR."""
+
+    beta: float = setting(in_range(lo=0, hi=1, hi_open=True, what="a number"),
+                          "EMA factor of each image's loss, its memorisation score (paper: 0.97)")
+    rand_strength: float = setting(positive(), "RandAugment magnitude scale (paper: 30): BCL-I m = rs·(1 + 2w)/3, "
+                                               "BCL-D m = rs·(1 + 5·w·U)/6")
+    weight_decay_i: Optional[float] = setting(non_negative(), "BCL-I's SGD weight decay; null = "
+                                                              "pretrain.weight_decay (paper: 5e-4)")
+    weight_decay_d: Optional[float] = setting(non_negative(), "BCL-D's SGD weight decay; null = "
+                                                              "pretrain.weight_decay (paper: 1e-4)")
 
 
 class Boosted:
     """BCL over a two-view method that provides ``encode(x1, x2)`` (mixed in before it)."""
 
-    splits_key = "later_methods.splits"
+    params_block = ("bcl", BclParams)
     per_image = True  # w and the score of every training image
+    claim_source = "BCL (Zhou et al. 2022)"
+    claim_heading = ("Boosting the augmentation of the images the network has not memorised should beat the method it "
+                     "boosts (BCL-I over SimCLR, BCL-D over SDCLR), most on Minor classes.")
+    report_section = "sdclr.methods.bcl_report:weight_section"
+    figures = ("bcl_w_by_group",)
     #: RandAugment ops per view
     ops: int
 
@@ -78,6 +102,7 @@ class BCLI(Boosted, SimCLR):
     name = "bcl_i"
     ops = 1
     reads = (*SimCLR.reads, "bcl")
+    claims = claims_against("simclr")
     own_settings = {"weight_decay": "bcl.weight_decay_i"}
 
     def magnitude(self, w, generator):
@@ -91,6 +116,7 @@ class BCLD(Boosted, SDCLR):
     name = "bcl_d"
     ops = 2
     reads = (*SDCLR.reads, "bcl")
+    claims = claims_against("sdclr")
     own_settings = {"weight_decay": "bcl.weight_decay_d"}
 
     def magnitude(self, w, generator):

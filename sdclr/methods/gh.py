@@ -15,20 +15,56 @@ batch is assigned and remembered, so every rank holds the same memory.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from sdclr.distributed import global_batch
 from sdclr.harmonization import ClusterPrior, gh_loss, gh_weight, simplex_etf, target_logits
 from sdclr.losses import nt_xent
+from sdclr.errors import ParamError
+from sdclr.methods.base import claims_against
 from sdclr.methods.sdclr import SDCLR
 from sdclr.methods.simclr import SimCLR
+from sdclr.schema import in_range, non_negative, positive, setting
+
+
+@dataclass(frozen=True)
+class GhParams:
+    """Geometric Harmonization (Zhou et al., NeurIPS 2023) on SimCLR (simclr_gh) and SDCLR (sdclr_gh)."""
+
+    num_targets: int = setting(in_range(lo=2, what="an integer"), "K simplex targets, at most model.proj_dim + 1 "
+                                                                  "(official CIFAR-100-LT: 100, its classes)")
+    temperature: float = setting(positive(), "γ of the softmax over the targets (official: 0.1)")
+    sinkhorn_epsilon: float = setting(in_range(lo=0.02, what="a number"), "ε of the Sinkhorn kernel exp(logit/ε) "
+                                                                           "(official: 0.05; >= 0.02 keeps it finite)")
+    sinkhorn_iterations: int = setting(positive("a positive integer"), "Sinkhorn iterations (official: 300)")
+    warmup_epochs: int = setting(non_negative("an integer"), "contrastive-only epochs before GH (official: 500 of 1000)")
+    ramp_epochs: int = setting(positive("a positive integer"), "epochs over which GH's weight rises to 1 (official: 10)")
+    refresh_every: int = setting(positive("a positive integer"), "π is recomputed when the warm-up ends and at every "
+                                                                 "multiple of this epoch (official: 20)")
+    beta_warmup: float = setting(in_range(lo=0, hi=1, hi_open=True, what="a number"),
+                                 "EMA factor of each image's logits during the warm-up (official: 0.9)")
+    beta: float = setting(in_range(lo=0, hi=1, hi_open=True, what="a number"), "EMA factor after it (official: 0.999)")
 
 
 class Harmonized:
     """GH over a two-view method that provides ``encode(x1, x2)`` (mixed in before it)."""
 
-    splits_key = "later_methods.splits"
+    params_block = ("gh", GhParams)
     per_image = True  # each image's cluster (argmax of its memory): π and the classes it recovers
+    claim_source = "GH (Zhou et al. 2023)"
+    claim_heading = ("Geometric Harmonization should beat the method it is added to (SimCLR, SDCLR), most on Minor "
+                     "classes, and make it more balanced.")
+    report_section = "sdclr.methods.gh_report:prior_section"
+    figures = ("gh_prior",)
+
+    @classmethod
+    def check_params(cls, params):
+        """The K targets of a simplex fit in at most proj_dim + 1 dimensions."""
+        if params.gh.num_targets > params.model.proj_dim + 1:
+            raise ParamError(f"gh.num_targets = {params.gh.num_targets} does not fit a simplex in model.proj_dim = "
+                             f"{params.model.proj_dim} dimensions; accepted: at most {params.model.proj_dim + 1}.")
 
     @classmethod
     def from_params(cls, params, net, num_samples):
@@ -75,6 +111,7 @@ class SimCLRGH(Harmonized, SimCLR):
 
     name = "simclr_gh"
     reads = (*SimCLR.reads, "gh")
+    claims = claims_against("simclr", balanced=True)
 
 
 class SDCLRGH(Harmonized, SDCLR):
@@ -82,3 +119,4 @@ class SDCLRGH(Harmonized, SDCLR):
 
     name = "sdclr_gh"
     reads = (*SDCLR.reads, "gh")
+    claims = claims_against("sdclr", balanced=True)

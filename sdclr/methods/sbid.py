@@ -12,6 +12,9 @@ it travels with the method's ``state_dict`` into resume checkpoints.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal, Optional, Union
+
 import torch
 from torch.nn import functional as F
 
@@ -19,8 +22,43 @@ from sdclr.data.cutmix import cutmix
 from sdclr.distributed import all_reduce_sum, global_batch, is_active, rank_offset
 from sdclr.losses import bank_instance_loss
 from sdclr.memory_bank import MemoryBank
-from sdclr.methods.base import Method
+from sdclr.methods.base import Method, claims_against
 from sdclr.models import HeadSpec
+from sdclr.schema import in_range, non_negative, positive, setting
+
+
+def _negatives(v):
+    if v == "all" or (isinstance(v, int) and v >= 0):
+        return None
+    return "a non-negative integer (0 = the batch's own entries only) or 'all' (full softmax)"
+
+
+@dataclass(frozen=True)
+class SbidParams:
+    """Single-branch instance discrimination (Cao & Wu 2024); shares the ``pretrain`` schedule."""
+
+    head_hidden: int = setting(positive("a positive integer"), "head width: feat→hidden→BN→ReLU→hidden→BN→ReLU→proj_dim "
+                               "(paper: 2048)", deviation="sbid: head width {ours} instead of {paper}.")
+    proj_dim: int = setting(positive("a positive integer"), "head output dimension = memory bank entry size")
+    temperature: float = setting(positive(), "τ of the cross-entropy over the bank logits (paper: 0.2)",
+                                 deviation="sbid: τ {ours} instead of {paper}.")
+    self_distill_weight: float = setting(non_negative(), "λ of the sqrt self-distillation term (paper: 20; 0 = off)",
+                                         deviation="sbid: self-distillation weight λ {ours} instead of {paper}.")
+    negatives: Union[int, Literal["all"]] = setting(
+        _negatives, "random other bank entries per step; 0 = batch only; all = full softmax",
+        deviation="sbid: {ours} random negative bank entries per step instead of the whole bank ({paper}).")
+    bank_update: Literal["gradient", "momentum"] = setting(
+        None, "bank rule: gradient (Cao & Wu) | momentum (NPID)",
+        deviation="sbid: the {ours} bank update instead of Cao & Wu's {paper} rule.")
+    bank_momentum: float = setting(in_range(lo=0, hi=1, hi_open=True, what="a number"), "momentum rule: m (paper: 0.5)",
+                                   recipe=False)
+    bank_step: float = setting(positive(), "gradient rule: step size along Σ_i (y_ik − p_ik)·z_i", recipe=False)
+    cutmix: bool = setting(None, "batch-level CutMix with mixed targets", deviation="sbid: CutMix {ours} instead of {paper}.")
+    cutmix_alpha: float = setting(positive(), "CutMix Beta(α, α) (paper: 0.5)")
+    epochs: Optional[int] = setting(positive("a positive integer or null"), "null = pretrain.epochs (Cao & Wu: 200)",
+                                    deviation="sbid: {ours} epochs instead of {paper}.")
+    lr: Optional[float] = setting(positive("a positive number or null"), "null = pretrain.lr (Cao & Wu: 1.0 at batch 512)",
+                                  deviation="sbid: peak lr {ours} instead of {paper}.")
 
 
 class SingleBranchID(Method):
@@ -33,6 +71,11 @@ class SingleBranchID(Method):
     loss_metric = "bank_loss"  # bank cross-entropy + λ · self-distillation
     reads = ("model.width", "sbid")  # its head is sbid's own, not model.head_*
     own_settings = {"epochs": "sbid.epochs", "lr": "sbid.lr"}  # Cao & Wu: 200 epochs at lr 1.0
+    params_block = ("sbid", SbidParams)
+    claim_source = "Cao & Wu 2024"
+    claim_heading = ("The single-branch method (sbid) should match or beat SimCLR, at about half the compute per "
+                     "image (its cost is in reports/cost.json: machine-dependent).")
+    claims = claims_against("simclr", minor=False)
 
     def __init__(self, net, sbid_params, num_samples: int):
         super().__init__(net)
