@@ -2,7 +2,7 @@
 # What portable numerics cost and what running stages side by side buys back, on this CPU:
 # SimCLR pretraining throughput (the CPU default: width 8, batch 128, 28x28x1) under
 #   native kernels on all cores | native kernels on 1 thread | portable (AVX2, 1 thread) |
-#   portable with tcmalloc | portable with glibc malloc keeping freed memory (sdclr/parallel.py's allocators) |
+#   portable with tcmalloc | portable with glibc malloc keeping freed memory (sdclr/pipeline/parallel.py's allocators) |
 #   two portable processes at once (what `scripts/reproduce.sh --jobs 2` runs, with its allocator)
 # Appends JSON lines to benchmarks/results/cpu-<date>.jsonl ("cpu_kernels", "threads", "concurrent", "allocator").
 #   bash benchmarks/cpu_numerics.sh [repeats]

@@ -38,7 +38,7 @@ def project(epochs: dict[str, int], splits: int, train_images: int, rates: dict[
 
 
 def merge(target: dict, update: dict) -> None:
-    """A preset over params.yaml's dict, in memory (``python -m sdclr.presets`` writes the file)."""
+    """A preset over params.yaml's dict, in memory (``python -m sdclr.pipeline.presets`` writes the file)."""
     for key, value in update.items():
         if isinstance(value, dict):
             merge(target[key], value)
@@ -59,7 +59,7 @@ def main() -> None:
 
     from sdclr.config import parse_params
     from sdclr.methods import METHODS, method_class
-    from sdclr.presets import PRESET_DIR
+    from sdclr.pipeline.presets import PRESET_DIR
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     merge(raw, yaml.safe_load((PRESET_DIR / f"{args.preset}.yaml").read_text()))

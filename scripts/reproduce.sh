@@ -5,7 +5,7 @@
 #   bash scripts/reproduce.sh --preset cifar10_paper  # merge presets/cifar10_paper.yaml into params.yaml first
 #   bash scripts/reproduce.sh report                  # only what the named stage(s) need
 # --jobs N: at most N stages at once (default: the cores, or one per visible GPU); --per-gpu K: K stages
-# share each GPU; see sdclr/parallel.py.
+# share each GPU; see sdclr/pipeline/parallel.py.
 # Arguments starting with '-' other than these go to a plain, sequential `dvc repro`.
 set -euo pipefail
 preset=""
@@ -27,13 +27,13 @@ while [ $# -gt 0 ]; do
 done
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 if [ -n "$preset" ]; then
-  python -m sdclr.presets "$preset"
+  python -m sdclr.pipeline.presets "$preset"
 fi
 if [ ${#dvc_args[@]} -gt 0 ]; then
   dvc repro "${dvc_args[@]}" ${targets[@]+"${targets[@]}"}
 else
-  python -m sdclr.parallel --jobs "$jobs" --per-gpu "$per_gpu" ${targets[@]+"${targets[@]}"}
+  python -m sdclr.pipeline.parallel --jobs "$jobs" --per-gpu "$per_gpu" ${targets[@]+"${targets[@]}"}
 fi
 # this CPU's kernels, op by op: committed with the report, and what compare explains a difference with
-python -m sdclr.fingerprint --out reports/fingerprint.jsonl
-python -m sdclr.compare --fingerprint reports/fingerprint.jsonl
+python -m sdclr.pipeline.fingerprint --out reports/fingerprint.jsonl
+python -m sdclr.pipeline.compare --fingerprint reports/fingerprint.jsonl

@@ -35,7 +35,7 @@ WRAPPER
   chmod +x .venv/bin/dvc
 fi
 
-# Debian packages: the dataset, and tcmalloc for the stages (sdclr/parallel.py: +6-16 % pretraining on a CPU)
+# Debian packages: the dataset, and tcmalloc for the stages (sdclr/pipeline/parallel.py: +6-16 % pretraining on a CPU)
 apt_packages=()
 [ -d /usr/share/datasets/fashion-mnist ] || apt_packages+=(dataset-fashion-mnist)
 [ -e /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 ] || [ "$(uname -m)" != x86_64 ] || apt_packages+=(libtcmalloc-minimal4)

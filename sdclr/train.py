@@ -31,14 +31,16 @@ from typing import Callable
 import numpy as np
 import torch
 
-from sdclr import checkpoint, distributed, numerics
+from sdclr import distributed
+
+from sdclr.pipeline import checkpoint, numerics
 from sdclr.config import Params
 from sdclr.data.augment import BatchAugment
 from sdclr.data.device_data import epoch_batches, to_device_uint8
 from sdclr.device import resolve_device
-from sdclr.encoder_file import ModelSpec, save_encoder
+from sdclr.pipeline.encoder_file import ModelSpec, save_encoder
 from sdclr.errors import ParamError, TrainingError
-from sdclr.io import write_bytes
+from sdclr.pipeline.io import write_bytes
 from sdclr.losses import cosine_temperature
 from sdclr.methods import method_class
 from sdclr.models import build_model
@@ -269,7 +271,7 @@ def pretrain(params: Params, job: Job, outputs: Outputs, run=None, log: Callable
              stop_after_epoch: int | None = None) -> PretrainResult:
     """Pretrain ``job``'s method on its subset and write ``outputs``.
 
-    ``run`` is an optional :class:`sdclr.tracking.Run` receiving per-epoch metrics;
+    ``run`` is an optional :class:`sdclr.pipeline.tracking.Run` receiving per-epoch metrics;
     ``stop_after_epoch`` ends the loop early (after checkpointing) — used to test resume.
     """
     training = build(params, job)

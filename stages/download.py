@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from sdclr.data.sources import fetch_dataset
-from sdclr.stage import run_stage
+from sdclr.pipeline.stage import run_stage
 
 
 def main(params, args):

@@ -7,28 +7,28 @@ land on that pretraining run, the (method, split) row of the runs table. The tim
 took goes to MLflow and to the machine-dependent ``--cost`` file (not a DVC output).
 """
 
-from sdclr.numerics import pin_before_torch
+from sdclr.pipeline.numerics import pin_before_torch
 
-pin_before_torch()  # first: torch reads its kernel level once, when it loads (sdclr/numerics.py)
+pin_before_torch()  # first: torch reads its kernel level once, when it loads (sdclr/pipeline/numerics.py)
 
 import time
 from pathlib import Path
 
 import torch
 
-from sdclr import cost, tracking
+from sdclr.pipeline import cost, tracking
 from sdclr.config import as_flat_dict
 from sdclr.data.device_data import channel_stats
 from sdclr.data.longtail import load_split, split_file
 from sdclr.device import resolve_device
-from sdclr.encoder_file import load_encoder
+from sdclr.pipeline.encoder_file import load_encoder
 from sdclr.errors import ConfigError
 from sdclr.evaluate import STAGE_PARAMS, evaluate_encoder, flat_metrics
-from sdclr.io import load_raw, md5_file, write_json
+from sdclr.pipeline.io import load_raw, md5_file, write_json
 from sdclr.methods import METHODS
 from sdclr.methods.base import Method
 from sdclr.models import build_model
-from sdclr.stage import run_stage
+from sdclr.pipeline.stage import run_stage
 
 
 def main(params, args):

@@ -11,22 +11,24 @@ Runs unchanged under ``torchrun --nproc_per_node N`` (DistributedDataParallel; r
 writes and tracks); with ``pretrain.nproc > 1`` it launches torchrun itself.
 """
 
-from sdclr.numerics import pin_before_torch
+from sdclr.pipeline.numerics import pin_before_torch
 
-pin_before_torch()  # first: torch reads its kernel level once, when it loads (sdclr/numerics.py)
+pin_before_torch()  # first: torch reads its kernel level once, when it loads (sdclr/pipeline/numerics.py)
 
 import os
 from pathlib import Path
 
-from sdclr import cost, distributed, tracking
+from sdclr import distributed
+
+from sdclr.pipeline import cost, tracking
 from sdclr.config import as_flat_dict
 from sdclr.data.device_data import channel_stats, example_batch
 from sdclr.data.longtail import class_and_group, load_split, split_file
 from sdclr.device import resolve_device
-from sdclr.encoder_file import ModelSpec, load_encoder
-from sdclr.io import load_raw, md5_file
+from sdclr.pipeline.encoder_file import ModelSpec, load_encoder
+from sdclr.pipeline.io import load_raw, md5_file
 from sdclr.methods import METHODS, method_class
-from sdclr.stage import run_stage
+from sdclr.pipeline.stage import run_stage
 from sdclr.train import Job, Outputs, checkpoint_run_id, pretrain
 
 

@@ -3,8 +3,8 @@
 from pathlib import Path
 
 from sdclr.data.longtail import make_splits, write_splits
-from sdclr.io import load_raw
-from sdclr.stage import run_stage
+from sdclr.pipeline.io import load_raw
+from sdclr.pipeline.stage import run_stage
 
 
 def main(params, args):

@@ -37,7 +37,7 @@ def make_project(dest: Path, params_update: dict | None = None) -> Path:
     if params_update:
         update_params(dest, params_update)
         if "methods" in params_update:  # as a user would: dvc.yaml written for the new list
-            from sdclr.dvc_stages import render
+            from sdclr.pipeline.dvc_stages import render
 
             (dest / "dvc.yaml").write_text(render(dest / "params.yaml"))
     env = project_env(dest)

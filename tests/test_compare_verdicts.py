@@ -15,7 +15,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from sdclr.compare import comparison_line
+from sdclr.pipeline.compare import comparison_line
 from sdclr.stats import AGREES, INCONCLUSIVE
 
 SCORES = {

@@ -115,7 +115,7 @@ def test_errors_name_the_params_file_actually_read(raw_params, tmp_path):
 def test_a_param_error_found_later_names_the_file_given_with_params(root, tmp_path, capsys):
     """Errors raised after loading (in training, in the split recipe) name --params' file too."""
     from sdclr.errors import ParamError
-    from sdclr.stage import run_stage
+    from sdclr.pipeline.stage import run_stage
 
     other = tmp_path / "experiment.yaml"
     other.write_text((root / "params.yaml").read_text())

@@ -1,6 +1,6 @@
 """dvc.yaml's deps cover the code every stage runs, so DVC re-runs a stage whenever it changes.
 
-dvc.yaml is written by ``python -m sdclr.dvc_stages`` from the registry and the closure of each
+dvc.yaml is written by ``python -m sdclr.pipeline.dvc_stages`` from the registry and the closure of each
 stage script (every ``import`` and ``from ... import`` anywhere in the file, function bodies
 included, followed through the project's modules and their packages' ``__init__.py``), plus,
 for a pretrain stage, its own method's module. Other tests edit files and params in a real
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sdclr.dvc_stages import import_closure, method_module, render
+from sdclr.pipeline.dvc_stages import import_closure, method_module, render
 from sdclr.methods import METHODS, method_class
 from tests.dvc_project import dvc, make_project, update_params
 
@@ -69,7 +69,7 @@ def _dvc_yaml(every_method: bool = True) -> dict:
 
 
 def test_dvc_yaml_is_what_the_registry_and_the_imports_write():
-    assert (ROOT / "dvc.yaml").read_text() == render(), "dvc.yaml is stale: run `python -m sdclr.dvc_stages`"
+    assert (ROOT / "dvc.yaml").read_text() == render(), "dvc.yaml is stale: run `python -m sdclr.pipeline.dvc_stages`"
 
 
 def test_every_stage_depends_on_all_the_code_it_runs():
@@ -92,7 +92,7 @@ def test_a_pretrain_stage_depends_on_its_own_method_only():
 def test_the_closure_finds_lazy_imports_and_package_inits():
     closure = {p.relative_to(ROOT).as_posix() for p in import_closure(ROOT / "stages/evaluate.py")}
     # imported inside main() (lazily), and through the models package
-    assert {"sdclr/evaluate.py", "sdclr/encoder_file.py", "sdclr/models/resnet.py", "sdclr/models/__init__.py",
+    assert {"sdclr/evaluate.py", "sdclr/pipeline/encoder_file.py", "sdclr/models/resnet.py", "sdclr/models/__init__.py",
             "sdclr/__init__.py"} <= closure
     assert not {"sdclr/report/__init__.py", "sdclr/train.py", "sdclr/report/figures.py"} & closure
 

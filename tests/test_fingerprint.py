@@ -1,4 +1,4 @@
-"""The CPU fingerprint (sdclr/fingerprint.py) and the compare line's explanation built on it.
+"""The CPU fingerprint (sdclr/pipeline/fingerprint.py) and the compare line's explanation built on it.
 
 - On one machine the fingerprint is the same in every process: a fresh one (pinned by the
   module itself) and this test process (pinned by conftest) give the same bytes.
@@ -18,9 +18,9 @@ import sys
 
 import pytest
 
-from sdclr import fingerprint
-from sdclr.compare import FINGERPRINT, why
-from sdclr.numerics import has_avx2
+from sdclr.pipeline import fingerprint
+from sdclr.pipeline.compare import FINGERPRINT, why
+from sdclr.pipeline.numerics import has_avx2
 from tests.conftest import ROOT
 
 needs_avx2 = pytest.mark.skipif(not has_avx2(), reason="the portable kernels need AVX2")
@@ -30,7 +30,7 @@ def _fresh(root, *pins: str) -> str:
     """A fingerprint measured in a new process, with some of the portable pins replaced."""
     code = ("import sys; from sdclr import numerics\n"
             f"numerics.PORTABLE_ENV.update(dict(p.split('=', 1) for p in {list(pins)!r}))\n"
-            "numerics.pin('portable')\nfrom sdclr.fingerprint import main\nsys.exit(main([]))")
+            "numerics.pin('portable')\nfrom sdclr.pipeline.fingerprint import main\nsys.exit(main([]))")
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     return out.stdout

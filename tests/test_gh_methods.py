@@ -11,9 +11,9 @@ import torch
 import yaml
 
 from sdclr.config import parse_params
-from sdclr.encoder_file import ModelSpec
+from sdclr.pipeline.encoder_file import ModelSpec
 from sdclr.errors import ParamError
-from sdclr.io import load_npz
+from sdclr.pipeline.io import load_npz
 from sdclr.methods.gh_report import prior_section, total_variation
 from sdclr.report.aggregate import load_per_image
 from sdclr.train import Job, build

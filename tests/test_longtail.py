@@ -182,7 +182,7 @@ def test_a_split_file_with_bad_indices_is_one_sentence_naming_its_file(tmp_path,
     image indices, the number of classes for the class order); an index equal to the bound is out."""
     from sdclr.data.longtail import load_split
     from sdclr.errors import DataError
-    from sdclr.io import load_npz, save_npz
+    from sdclr.pipeline.io import load_npz, save_npz
 
     num_train, *_ = _written_split(tmp_path)
     arrays = dict(load_npz(tmp_path / file))

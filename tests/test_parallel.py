@@ -1,4 +1,4 @@
-"""The parallel runner (sdclr/parallel.py) on real DVC projects.
+"""The parallel runner (sdclr/pipeline/parallel.py) on real DVC projects.
 
 Most tests use a small synthetic DVC project (stages that are one-line Python commands),
 so they test the scheduler and DVC's locking in seconds; the tests on this project's own
@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from sdclr.errors import SdclrError
-from sdclr.parallel import plan, run
+from sdclr.pipeline.parallel import plan, run
 from tests.dvc_project import ROOT
 
 DVC = (sys.executable, "-m", "dvc")

@@ -24,8 +24,8 @@ import warnings
 import pytest
 import yaml
 
-from sdclr.numerics import PORTABLE_ENV, THREAD_ENV
-from sdclr.tracking import runs_link
+from sdclr.pipeline.numerics import PORTABLE_ENV, THREAD_ENV
+from sdclr.pipeline.tracking import runs_link
 from tests.conftest import FASHION_SYSTEM_DIR
 from tests.dvc_project import ROOT, dvc, make_project, project_env
 from tests.mlflow_ui import CHROMIUM, check_runs_view, mlflow_server
@@ -50,7 +50,7 @@ METHODS = ("simclr", "sdclr", "sbid")
 def test_tiny_pipeline_end_to_end(tmp_path):
     import mlflow
 
-    from sdclr.parallel import run as run_in_parallel
+    from sdclr.pipeline.parallel import run as run_in_parallel
 
     proj = make_project(tmp_path / "proj", TINY)
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"

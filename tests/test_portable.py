@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from sdclr.numerics import PORTABLE_ENV, THREAD_ENV
+from sdclr.pipeline.numerics import PORTABLE_ENV, THREAD_ENV
 from tests.conftest import FASHION_SYSTEM_DIR
 from tests.dvc_project import dvc, make_project, project_env, stage_command, update_params
 

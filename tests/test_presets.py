@@ -11,7 +11,7 @@ import pytest
 from sdclr.config import load_params
 from sdclr.data.longtail import longtail_counts
 from sdclr.errors import ConfigError
-from sdclr.presets import PRESET_DIR, apply_preset, available
+from sdclr.pipeline.presets import PRESET_DIR, apply_preset, available
 from tests.dvc_project import ROOT
 
 
@@ -64,11 +64,11 @@ def test_a_bad_preset_leaves_params_untouched(params_copy, tmp_path, body, words
 
 
 def test_cli_prints_one_sentence_and_exits_2(params_copy):
-    proc = subprocess.run([sys.executable, "-m", "sdclr.presets", "nope", "--params", str(params_copy)],
+    proc = subprocess.run([sys.executable, "-m", "sdclr.pipeline.presets", "nope", "--params", str(params_copy)],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: preset 'nope' not found") and proc.stderr.count("\n") == 1
-    ok = subprocess.run([sys.executable, "-m", "sdclr.presets", "cifar10_paper", "--params", str(params_copy)],
+    ok = subprocess.run([sys.executable, "-m", "sdclr.pipeline.presets", "cifar10_paper", "--params", str(params_copy)],
                         capture_output=True, text=True, cwd=ROOT)
     assert ok.returncode == 0 and "data.dataset" in ok.stdout
 

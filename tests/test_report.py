@@ -154,7 +154,7 @@ def test_loss_table_gathers_every_method_and_split(tmp_path):
 
 
 def test_cost_file_collects_entries_and_survives_damage(tmp_path):
-    from sdclr.cost import markdown, record
+    from sdclr.pipeline.cost import markdown, record
 
     path = tmp_path / "reports/cost.json"
     record("pretrain/simclr/split0", {"seconds": 12.5, "images_per_s": 800.0, "epochs": 6, "device": "cpu"}, path)
@@ -172,7 +172,7 @@ def test_deviations_come_from_the_recipe_preset(tmp_path, root):
     import shutil
 
     from sdclr.config import load_params
-    from sdclr.presets import apply_preset
+    from sdclr.pipeline.presets import apply_preset
     from sdclr.report.deviations import deviations
 
     default = deviations(load_params(root / "params.yaml"))
@@ -225,7 +225,7 @@ def test_the_report_names_the_open_claims_with_their_spread_and_the_numerics(tmp
 def test_the_comparison_line_says_identical_or_by_how_much_and_which_verdicts_moved(tmp_path, raw_params):
     import subprocess
 
-    from sdclr.compare import comparison_line
+    from sdclr.pipeline.compare import comparison_line
 
     table = {"random": [0.60, 0.61, 0.59], "simclr": [0.80, 0.81, 0.79], "sdclr": [0.78, 0.79, 0.775]}
     _report(tmp_path, raw_params, "fashion_mnist", table)

@@ -5,7 +5,7 @@ the images look like, where an OS package puts a copy, which published numbers t
 shows beside ours and which preset holds the papers' recipe for it. No code outside this
 table branches on a dataset's name: :mod:`sdclr.data.sources` fetches and verifies the
 row's files, :mod:`sdclr.config` accepts ``data.dataset`` only as a key of :data:`DATASETS`,
-:mod:`sdclr.report` and :mod:`sdclr.fingerprint` read the rest from the row. Adding a
+:mod:`sdclr.report` and :mod:`sdclr.pipeline.fingerprint` read the rest from the row. Adding a
 dataset in a format :mod:`sdclr.data.formats` reads is one row here plus its recipe preset
 (tests/test_dataset_table.py registers a throw-away one and runs it through the download).
 """

@@ -14,7 +14,7 @@ every run) and its own report section and figures, if any (``report_section``, `
 
 Adding a method: a module with a ``Method`` subclass, its entry in :data:`sdclr.methods.REGISTRY`,
 its params block (if any) in params.yaml and its name in params.yaml's ``methods``; then
-``python -m sdclr.dvc_stages`` writes its stages into dvc.yaml (see docs/design.md).
+``python -m sdclr.pipeline.dvc_stages`` writes its stages into dvc.yaml (see docs/design.md).
 """
 
 from __future__ import annotations

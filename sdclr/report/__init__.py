@@ -38,7 +38,7 @@ from pathlib import Path
 import pandas as pd
 
 from sdclr.config import as_flat_dict
-from sdclr.io import write_bytes, write_json
+from sdclr.pipeline.io import write_bytes, write_json
 from sdclr.methods import METHODS, method_class
 from sdclr.report.aggregate import KINDS, aggregate, load_metrics, load_per_image, loss_table, scores, write_scores
 from sdclr.report.claims import compare, undecided_section, verdict_sections
@@ -100,7 +100,7 @@ def write_report(metrics_root: Path, history_root: Path, splits_summary: Path, p
     md += ["![class counts](figures/class_counts.png)", "",
            "## Cost", "", "Pretraining and evaluation times depend on the machine, so they are kept out of this "
            "file (which must not change when nothing it depends on did): see `reports/cost.json` "
-           "(`python -m sdclr.cost` prints it as a table) and the MLflow runs.", "",
+           "(`python -m sdclr.pipeline.cost` prints it as a table) and the MLflow runs.", "",
            "## Deviations from the paper's recipe", "", *[f"- {d}" for d in deviations], "",
            "## Settings", "", "| param | value |", "|---|---|",
            *[f"| `{k}` | `{v}` |" for k, v in as_flat_dict(params).items()], ""]

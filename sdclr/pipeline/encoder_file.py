@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 import torch
 
-from sdclr import checkpoint
+from sdclr.pipeline import checkpoint
 from sdclr.errors import DataError
 from sdclr.models import HeadSpec, build_model
 
@@ -27,7 +27,7 @@ class ModelSpec:
 def save_encoder(path: Path, method: Method, spec: ModelSpec, params: Params, fingerprint: str,
                  made_by: str) -> None:
     """The trained network (masks included), what is needed to rebuild it, and the numerics
-    that made it (``made_by``, :func:`sdclr.numerics.describe`).
+    that made it (``made_by``, :func:`sdclr.pipeline.numerics.describe`).
 
     No run id or time: the file is a DVC output whose hash must only change with the weights
     (MLflow finds the pretraining run from this file's md5, the run's ``model_md5`` tag); in

@@ -6,7 +6,7 @@ they depend on changed. They go to MLflow and to ``reports/cost.json``: tracked 
 written by the pretrain and evaluate stages, read by no stage (not a DVC dependency), so
 a re-run changes this file and nothing else.
 
-    python -m sdclr.cost            # the table, as markdown
+    python -m sdclr.pipeline.cost            # the table, as markdown
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from sdclr import numerics
-from sdclr.io import write_json
+from sdclr.pipeline import numerics
+from sdclr.pipeline.io import write_json
 
 COST_PATH = Path("reports/cost.json")
 

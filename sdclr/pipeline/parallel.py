@@ -1,7 +1,7 @@
 """Run the pipeline's independent stages side by side, with DVC doing every stage's work.
 
-    python -m sdclr.parallel --jobs 2            # what `bash scripts/reproduce.sh --jobs 2` runs
-    python -m sdclr.parallel --jobs 4 report     # only what `report` needs
+    python -m sdclr.pipeline.parallel --jobs 2            # what `bash scripts/reproduce.sh --jobs 2` runs
+    python -m sdclr.pipeline.parallel --jobs 4 report     # only what `report` needs
 
 DVC runs one stage at a time, and documents parallel execution as several ``dvc repro``
 processes on independent targets: each holds read/write locks on the paths it touches,
@@ -14,7 +14,7 @@ and outputs are therefore written by DVC itself, exactly as a sequential run wri
 A cluster runs the same unit (docs/design.md, "Clusters").
 
 - **Numerics.** A portable stage pins its kernels and runs on one thread whatever its
-  parent's environment (:mod:`sdclr.numerics`), so ``--jobs`` cannot change a byte. With
+  parent's environment (:mod:`sdclr.pipeline.numerics`), so ``--jobs`` cannot change a byte. With
   ``numerics: native`` each stage gets ``cores // jobs`` threads.
 - **Allocator.** Stages run with tcmalloc where the machine has it (Debian's
   ``libtcmalloc-minimal4``, which ``scripts/setup.sh`` installs), else with glibc's malloc
@@ -346,7 +346,7 @@ def run(root: Path, jobs: int, targets: list[str] | None = None, per_gpu: int = 
 
 
 def _numerics(root: Path) -> str:
-    from sdclr.numerics import mode_in_params
+    from sdclr.pipeline.numerics import mode_in_params
 
     return mode_in_params(root / "params.yaml")
 

@@ -10,10 +10,10 @@ Floating-point results on a CPU depend on three things besides the code and the 
 - **the intra-op thread count**, which splits reductions into different partial sums;
 - nothing else we have found: under these pins an Intel Xeon (AVX-512, AMX) and an AMD EPYC
   (AVX2) gave the same bytes for each of 42 kernels of a training step, compared one by one
-  (:mod:`sdclr.fingerprint` keeps that comparison for every new machine; docs/measurements.md).
+  (:mod:`sdclr.pipeline.fingerprint` keeps that comparison for every new machine; docs/measurements.md).
 
 ``numerics: portable`` (the default) pins ATen and oneDNN to AVX2 and MKL to its
-vendor-independent branch, and runs each stage process on one intra-op thread; the parallel runner (:mod:`sdclr.parallel`) gets the
+vendor-independent branch, and runs each stage process on one intra-op thread; the parallel runner (:mod:`sdclr.pipeline.parallel`) gets the
 throughput back by running independent stages side by side. ``numerics: native`` lets
 each library use the machine's best kernels and all its cores: faster, but the numbers
 then belong to that CPU, and the report says so.
@@ -84,7 +84,7 @@ def pin(mode: str) -> None:
 
 def mode_in_params(params_path: str | os.PathLike) -> str:
     """The ``numerics`` of a params file, read without the full validation (that comes later,
-    in :func:`sdclr.stage.run_stage`, which names any error); "portable" when it cannot be read."""
+    in :func:`sdclr.pipeline.stage.run_stage`, which names any error); "portable" when it cannot be read."""
     import yaml
 
     try:
@@ -122,7 +122,7 @@ def apply(mode: str) -> None:
     level = torch.backends.cpu.get_cpu_capability()
     if level != "AVX2" or any(os.environ.get(name) != value for name, value in PORTABLE_ENV.items()):
         raise SdclrError(f"numerics: portable needs the AVX2 kernels, but torch already runs {level} kernels here "
-                         f"(it was imported before the pin); call sdclr.numerics.pin_before_torch() before importing "
+                         f"(it was imported before the pin); call sdclr.pipeline.numerics.pin_before_torch() before importing "
                          f"torch, or set numerics: native in params.yaml.")
 
 

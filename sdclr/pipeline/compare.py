@@ -1,15 +1,15 @@
 """This run's report against the committed one, in one line: the last thing reproduce.sh prints.
 
-    python -m sdclr.compare            # reports/ against git's HEAD:reports/
+    python -m sdclr.pipeline.compare            # reports/ against git's HEAD:reports/
 
-    python -m sdclr.compare --fingerprint reports/fingerprint.jsonl   # this machine's, already measured
+    python -m sdclr.pipeline.compare --fingerprint reports/fingerprint.jsonl   # this machine's, already measured
 
 The committed report is made in portable numerics, which give the same bytes on any
 x86-64 CPU with AVX2; a run that differs from it was made with other numerics (native
 kernels, a GPU), other params or other code, or on a CPU whose kernels give other bytes.
 The line says by how much (the largest difference of any score, in accuracy points),
 whether any claim's verdict changed, since a verdict is what a reader takes away, and why:
-a portable run's CPU fingerprint (:mod:`sdclr.fingerprint`) is compared op by op with the
+a portable run's CPU fingerprint (:mod:`sdclr.pipeline.fingerprint`) is compared op by op with the
 committed machine's, ``reports/fingerprint.jsonl``, which names the kernels that differ or
 rules the CPU out.
 """
@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sdclr import fingerprint
+from sdclr.pipeline import fingerprint
 
 FINGERPRINT = "reports/fingerprint.jsonl"
 
@@ -88,7 +88,7 @@ def why(root: Path, rev: str = "HEAD", ours: str | None = None) -> str:
     if ours is None:
         ours = _measure_fingerprint(root)
     if not ours:
-        return "this CPU's fingerprint could not be measured (`python -m sdclr.fingerprint` says why)"
+        return "this CPU's fingerprint could not be measured (`python -m sdclr.pipeline.fingerprint` says why)"
     try:
         return fingerprint.explain(fingerprint.parse(ours)[1], fingerprint.parse(text)[1])
     except (ValueError, KeyError, json.JSONDecodeError) as e:
@@ -99,7 +99,7 @@ def _measure_fingerprint(root: Path) -> str:
     """This machine's fingerprint at the shapes of ``root``'s params, in a fresh process (the pins
     must be set before torch loads); "" when it fails."""
     try:
-        out = subprocess.run([sys.executable, "-m", "sdclr.fingerprint", "--params", "params.yaml"], cwd=root,
+        out = subprocess.run([sys.executable, "-m", "sdclr.pipeline.fingerprint", "--params", "params.yaml"], cwd=root,
                              capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.SubprocessError):
         return ""

@@ -7,8 +7,8 @@ sbid's stages and the report, nothing else. Each method params.yaml lists gets i
 ``pretrain-``/``evaluate-`` stages here, on ``subsample.splits``, with the params it declares
 (``stage_params``); the report declares its scores and its own figures.
 
-    python -m sdclr.dvc_stages           # rewrite dvc.yaml (after editing params.yaml's methods)
-    python -m sdclr.dvc_stages --check   # exit 1 if dvc.yaml is not what this writes
+    python -m sdclr.pipeline.dvc_stages           # rewrite dvc.yaml (after editing params.yaml's methods)
+    python -m sdclr.pipeline.dvc_stages --check   # exit 1 if dvc.yaml is not what this writes
 
 DVC cannot add stages from a param, so a change of ``methods`` needs this command (a preset
 that changes it runs it itself); the report stage says so if the two disagree.
@@ -25,7 +25,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DATA = "data/raw/${data.dataset}"
 SPLITS = "data/splits/${data.dataset}"
 SPLIT_FILES = (f"{SPLITS}/pool_val.npz", f"{SPLITS}/split${{item}}.npz")
@@ -145,7 +145,7 @@ def _uncached(key: str, paths: list[str]) -> list[str]:
 
 
 HEADER = """\
-# Written by `python -m sdclr.dvc_stages` from params.yaml's `methods`, the method registry
+# Written by `python -m sdclr.pipeline.dvc_stages` from params.yaml's `methods`, the method registry
 # (sdclr/methods/__init__.py) and the stage scripts' imports: edit those and re-run it, not this
 # file (tests/test_dvc_deps.py checks that this file is what it writes).
 #
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.check:
         current = args.out.read_text() if args.out.is_file() else ""
         if current != text:
-            print(f"{args.out} is not current: run `python -m sdclr.dvc_stages` and commit it.", file=sys.stderr)
+            print(f"{args.out} is not current: run `python -m sdclr.pipeline.dvc_stages` and commit it.", file=sys.stderr)
             sys.exit(1)
         print(f"{args.out} is current.")
         return

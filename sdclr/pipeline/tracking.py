@@ -170,7 +170,7 @@ def init_store(uri: str | None = None) -> None:
     ``dvc queue start -j N`` starts N workers at once; their first connections would all
     run MLflow's schema migration on a new SQLite file and race ("table already exists").
     The lock serialises that first connection: one process creates the schema, the others
-    wait for it and then find it done. ``python -m sdclr.tracking`` does it ahead of time.
+    wait for it and then find it done. ``python -m sdclr.pipeline.tracking`` does it ahead of time.
     """
     import mlflow
 

@@ -1,8 +1,8 @@
 """This CPU's numerics fingerprint: which bytes each kernel of a training step gives here.
 
-    python -m sdclr.fingerprint                                    # this machine's, as JSON lines
-    python -m sdclr.fingerprint --out reports/fingerprint.jsonl    # kept beside the committed report
-    python -m sdclr.fingerprint --compare reports/fingerprint.jsonl
+    python -m sdclr.pipeline.fingerprint                                    # this machine's, as JSON lines
+    python -m sdclr.pipeline.fingerprint --out reports/fingerprint.jsonl    # kept beside the committed report
+    python -m sdclr.pipeline.fingerprint --compare reports/fingerprint.jsonl
 
 Portable numerics promise the same bytes on every x86-64 CPU. A promise like that can only
 be checked op by op: two CPUs that agree on every kernel a stage runs train the same
@@ -11,7 +11,7 @@ So each op a pretraining or an evaluation runs is applied here, under the stage'
 to inputs drawn with numpy (no torch RNG kernel involved), at the shapes of this project's
 params (every convolution of the real network, found by hooks on it), and the sha256 of its
 outputs is recorded, with the op's *group* ("conv backward", "linear layers", ...) that
-:mod:`sdclr.compare` names when a run differs from the committed one. Whole training steps
+:mod:`sdclr.pipeline.compare` names when a run differs from the committed one. Whole training steps
 of the default methods close the list: if every op agrees and a step does not, the list is
 missing a kernel.
 
@@ -207,10 +207,10 @@ def measure(params_path: str | Path = "params.yaml") -> list[dict]:
 
     from sdclr.config import parse_params
     from sdclr.data.datasets import DATASETS
-    from sdclr.encoder_file import ModelSpec
+    from sdclr.pipeline.encoder_file import ModelSpec
     from sdclr.models import build_model
     from sdclr.methods import method_class
-    from sdclr.numerics import apply
+    from sdclr.pipeline.numerics import apply
 
     raw = yaml.safe_load(Path(params_path).read_text())
     raw.update(device="cpu")
@@ -233,7 +233,7 @@ def header(params_path: str | Path) -> dict:
     """What the fingerprint was taken on and under (read by a person; not compared)."""
     import torch
 
-    from sdclr.numerics import PORTABLE_ENV, cpu_model, describe, mode_in_params
+    from sdclr.pipeline.numerics import PORTABLE_ENV, cpu_model, describe, mode_in_params
 
     mode = mode_in_params(params_path)
     return {"fingerprint": VERSION, "cpu": cpu_model(), "torch": torch.__version__, "numerics": describe(mode),
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         print(explain(ours, theirs, f"{args.compare}'s") + ".")
         return 1 if differing_groups(ours, theirs)[0] else 0
     if args.out:
-        from sdclr.io import write_bytes
+        from sdclr.pipeline.io import write_bytes
 
         write_bytes(args.out, text.encode())
         print(f"fingerprint: {len(text.splitlines()) - 1} ops → {args.out}")
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from sdclr.numerics import pin_before_torch
+    from sdclr.pipeline.numerics import pin_before_torch
 
     pin_before_torch()  # first: torch reads its kernel level once, when it loads
     sys.exit(main())

@@ -5,11 +5,11 @@ user's file — comments and key order included (ruamel round-trip) — stays as
 The merged file is validated before it replaces params.yaml, so a bad preset never
 leaves a half-edited or invalid params.yaml behind.
 
-    python -m sdclr.presets cifar10_paper          # edit ./params.yaml
+    python -m sdclr.pipeline.presets cifar10_paper          # edit ./params.yaml
     bash scripts/reproduce.sh --preset cifar10_paper   # the same, then `dvc repro`
 
 A preset that changes ``methods`` also rewrites the dvc.yaml beside params.yaml for them
-(:mod:`sdclr.dvc_stages`), since DVC cannot add stages from a param.
+(:mod:`sdclr.pipeline.dvc_stages`), since DVC cannot add stages from a param.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import yaml
 
 from sdclr.config import parse_params
 from sdclr.errors import ConfigError, SdclrError
-from sdclr.io import write_bytes
+from sdclr.pipeline.io import write_bytes
 
-PRESET_DIR = Path(__file__).resolve().parents[1] / "presets"
+PRESET_DIR = Path(__file__).resolve().parents[2] / "presets"
 
 
 def available(preset_dir: Path = PRESET_DIR) -> list[str]:
@@ -78,7 +78,7 @@ def apply_preset(name: str, params_path: Path = Path("params.yaml"), preset_dir:
     parse_params(yaml.safe_load(text), f"{params_path} with preset {name}")  # the merged file must be valid
     write_bytes(params_path, text.encode())
     if "methods" in changed:
-        from sdclr.dvc_stages import render
+        from sdclr.pipeline.dvc_stages import render
 
         write_bytes(Path(params_path).parent / "dvc.yaml", render(Path(params_path)).encode())
     return changed
