@@ -1,5 +1,9 @@
 """Stage `download`: put the official dataset into data/raw/<dataset>/ as verified .npz."""
 
+from sdclr.pipeline.numerics import pin_before_torch
+
+pin_before_torch()  # first: reading params loads every method's module, and with it torch (sdclr/config.py)
+
 from pathlib import Path
 
 from sdclr.data.sources import fetch_dataset

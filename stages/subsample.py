@@ -1,5 +1,9 @@
 """Stage `subsample`: balanced validation hold-out and the long-tail / balanced / few-shot splits."""
 
+from sdclr.pipeline.numerics import pin_before_torch
+
+pin_before_torch()  # first: reading params loads every method's module, and with it torch (sdclr/config.py)
+
 from pathlib import Path
 
 from sdclr.data.longtail import make_splits, write_splits

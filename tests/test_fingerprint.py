@@ -28,7 +28,7 @@ needs_avx2 = pytest.mark.skipif(not has_avx2(), reason="the portable kernels nee
 
 def _fresh(root, *pins: str) -> str:
     """A fingerprint measured in a new process, with some of the portable pins replaced."""
-    code = ("import sys; from sdclr import numerics\n"
+    code = ("import sys; from sdclr.pipeline import numerics\n"
             f"numerics.PORTABLE_ENV.update(dict(p.split('=', 1) for p in {list(pins)!r}))\n"
             "numerics.pin('portable')\nfrom sdclr.pipeline.fingerprint import main\nsys.exit(main([]))")
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=600)

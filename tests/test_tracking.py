@@ -38,7 +38,7 @@ def test_the_experiment_carries_the_runs_view_and_the_store_prints_its_link(tmp_
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     old = mlflow.MlflowClient(uri).create_experiment("sdclr-fashion_mnist", tags={"mlflow.experimentKind": "x"})
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(root)}
-    code = "from sdclr import tracking; print(tracking.experiment_id('sdclr-fashion_mnist'), tracking.experiment_id('sdclr-x-reports'))"
+    code = "from sdclr.pipeline import tracking; print(tracking.experiment_id('sdclr-fashion_mnist'), tracking.experiment_id('sdclr-x-reports'))"
     ids = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
     assert ids[0] == old
     (key, value), = RUNS_VIEW.items()
