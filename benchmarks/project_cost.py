@@ -59,7 +59,7 @@ def main() -> None:
 
     from sdclr.config import parse_params
     from sdclr.methods import METHODS, method_class
-    from sdclr.pipeline.presets import PRESET_DIR
+    from sdclr.config import PRESET_DIR
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     merge(raw, yaml.safe_load((PRESET_DIR / f"{args.preset}.yaml").read_text()))

@@ -25,6 +25,10 @@ from sdclr.errors import ConfigError, ParamError
 from sdclr.schema import build, in_range, interval_pair, join, non_negative, positive, setting, unit_interval
 
 
+#: the folder of presets: partial params.yaml files (the papers' recipes among them)
+PRESET_DIR = Path(__file__).resolve().parents[1] / "presets"
+
+
 def _distinct_ids(v):
     if len(v) == 0 or len(set(v)) != len(v) or min(v) < 0:
         return "a non-empty list of distinct non-negative split ids, e.g. [0, 1, 2, 3, 4]"

@@ -40,7 +40,8 @@ def project(tmp_path_factory) -> Path:
     from sdclr.config import load_params
     from sdclr.report import write_report
 
-    proj = make_project(tmp_path_factory.mktemp("views") / "proj", {"subsample": {"splits": list(SPLITS)}})
+    proj = make_project(tmp_path_factory.mktemp("views") / "proj",
+                        {"subsample": {"splits": list(SPLITS)}, "methods": list(METHODS)})
     reports = proj / "reports"
     for i, method in enumerate(ALL):
         for split in SPLITS:

@@ -11,7 +11,8 @@ import pytest
 from sdclr.config import load_params
 from sdclr.data.longtail import longtail_counts
 from sdclr.errors import ConfigError
-from sdclr.pipeline.presets import PRESET_DIR, apply_preset, available
+from sdclr.config import PRESET_DIR
+from sdclr.pipeline.presets import apply_preset, available
 from tests.dvc_project import ROOT
 
 

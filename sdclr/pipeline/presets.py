@@ -21,11 +21,10 @@ from pathlib import Path
 
 import yaml
 
-from sdclr.config import parse_params
+from sdclr.config import PRESET_DIR, parse_params
 from sdclr.errors import ConfigError, SdclrError
 from sdclr.pipeline.io import write_bytes
 
-PRESET_DIR = Path(__file__).resolve().parents[2] / "presets"
 
 
 def available(preset_dir: Path = PRESET_DIR) -> list[str]:

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import yaml
 
-from sdclr.config import fields_flat
+from sdclr.config import PRESET_DIR, fields_flat
 from sdclr.data.datasets import DATASETS
 from sdclr.methods import METHODS, method_class
-from sdclr.pipeline.presets import PRESET_DIR
 
 #: the probe's own settings, compared only when ours is the authors' probe too
 AUTHORS_PROBE = {"evaluate.probe.lr", "evaluate.probe.weight_decay", "evaluate.probe.batch_size",
