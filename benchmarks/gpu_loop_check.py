@@ -15,7 +15,7 @@ import numpy as np
 import yaml
 
 from sdclr.config import parse_params
-from sdclr.pipeline.encoder_file import ModelSpec
+from sdclr.storage.encoder_file import ModelSpec
 from sdclr.train import Job, Outputs, pretrain
 
 method, dev = sys.argv[1], os.environ.get("DEV", "cuda")

@@ -65,13 +65,13 @@ def job(args) -> None:
 
     from sdclr.data.device_data import channel_stats
     from sdclr.data.longtail import load_split
+    from sdclr.device import resolve_device
     from sdclr.evaluate import evaluate_encoder
-    from sdclr.pipeline.io import load_raw, write_json
     from sdclr.methods.base import Method
     from sdclr.models import build_model
     from sdclr.pipeline.numerics import describe
-    from sdclr.device import resolve_device
-    from sdclr.pipeline.encoder_file import ModelSpec, load_encoder
+    from sdclr.storage.encoder_file import ModelSpec, load_encoder
+    from sdclr.storage.io import load_raw, write_json
     from sdclr.train import Job, Outputs, pretrain
 
     params = load_params(args.preset, args.device, args.set)
@@ -179,7 +179,7 @@ def sweep(args) -> None:
 def prepare(args) -> None:
     """The preset's splits into ``--splits`` (the subsample stage's function), to carry to the GPU machine."""
     from sdclr.data.longtail import make_splits, write_splits
-    from sdclr.pipeline.io import load_raw
+    from sdclr.storage.io import load_raw
 
     params = load_params(args.preset, args.device, args.set)
     data = load_raw(args.raw, parts=("train",))

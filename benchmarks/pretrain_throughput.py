@@ -69,7 +69,7 @@ def measure(args) -> dict:
     from sdclr.config import parse_params
     from sdclr.methods import method_class
     from sdclr.pipeline.numerics import cpu_model
-    from sdclr.pipeline.encoder_file import ModelSpec
+    from sdclr.storage.encoder_file import ModelSpec
     from sdclr.train import Job, build
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())

@@ -57,9 +57,8 @@ def main() -> None:
 
     import yaml
 
-    from sdclr.config import parse_params
+    from sdclr.config import PRESET_DIR, parse_params
     from sdclr.methods import METHODS, method_class
-    from sdclr.config import PRESET_DIR
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     merge(raw, yaml.safe_load((PRESET_DIR / f"{args.preset}.yaml").read_text()))

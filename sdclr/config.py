@@ -24,7 +24,6 @@ import yaml
 from sdclr.errors import ConfigError, ParamError
 from sdclr.schema import build, in_range, interval_pair, join, non_negative, positive, setting, unit_interval
 
-
 #: the folder of presets: partial params.yaml files (the papers' recipes among them)
 PRESET_DIR = Path(__file__).resolve().parents[1] / "presets"
 

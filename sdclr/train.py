@@ -32,18 +32,18 @@ import numpy as np
 import torch
 
 from sdclr import distributed
-
-from sdclr.pipeline import checkpoint, numerics
 from sdclr.config import Params
 from sdclr.data.augment import BatchAugment
 from sdclr.data.device_data import epoch_batches, to_device_uint8
 from sdclr.device import resolve_device
-from sdclr.pipeline.encoder_file import ModelSpec, save_encoder
 from sdclr.errors import ParamError, TrainingError
-from sdclr.pipeline.io import write_bytes
 from sdclr.losses import cosine_temperature
 from sdclr.methods import method_class
 from sdclr.models import build_model
+from sdclr.pipeline import numerics
+from sdclr.storage import checkpoint
+from sdclr.storage.encoder_file import ModelSpec, save_encoder
+from sdclr.storage.io import write_bytes
 from sdclr.training import CompileState, ResumeState, Schedule, Training
 
 

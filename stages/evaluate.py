@@ -16,19 +16,19 @@ from pathlib import Path
 
 import torch
 
-from sdclr.pipeline import cost, tracking
 from sdclr.config import as_flat_dict
 from sdclr.data.device_data import channel_stats
 from sdclr.data.longtail import load_split, split_file
 from sdclr.device import resolve_device
-from sdclr.pipeline.encoder_file import load_encoder
 from sdclr.errors import ConfigError
 from sdclr.evaluate import STAGE_PARAMS, evaluate_encoder, flat_metrics
-from sdclr.pipeline.io import load_raw, md5_file, write_json
 from sdclr.methods import METHODS
 from sdclr.methods.base import Method
 from sdclr.models import build_model
+from sdclr.pipeline import cost, tracking
 from sdclr.pipeline.stage import run_stage
+from sdclr.storage.encoder_file import load_encoder
+from sdclr.storage.io import load_raw, md5_file, write_json
 
 
 def main(params, args):

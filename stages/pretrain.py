@@ -19,16 +19,15 @@ import os
 from pathlib import Path
 
 from sdclr import distributed
-
-from sdclr.pipeline import cost, tracking
 from sdclr.config import as_flat_dict
 from sdclr.data.device_data import channel_stats, example_batch
 from sdclr.data.longtail import class_and_group, load_split, split_file
 from sdclr.device import resolve_device
-from sdclr.pipeline.encoder_file import ModelSpec, load_encoder
-from sdclr.pipeline.io import load_raw, md5_file
 from sdclr.methods import METHODS, method_class
+from sdclr.pipeline import cost, tracking
 from sdclr.pipeline.stage import run_stage
+from sdclr.storage.encoder_file import ModelSpec, load_encoder
+from sdclr.storage.io import load_raw, md5_file
 from sdclr.train import Job, Outputs, checkpoint_run_id, pretrain
 
 

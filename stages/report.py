@@ -7,13 +7,13 @@ pin_before_torch()  # first: torch reads its kernel level once, when it loads (s
 
 from pathlib import Path
 
-from sdclr.pipeline import tracking
 from sdclr.config import as_flat_dict
 from sdclr.errors import DataError
+from sdclr.pipeline import tracking
+from sdclr.pipeline.stage import run_stage
 from sdclr.report import write_report
 from sdclr.report.deviations import deviations
 from sdclr.report.markdown import markdown_table
-from sdclr.pipeline.stage import run_stage
 
 
 def main(params, args):

@@ -7,8 +7,8 @@ pin_before_torch()  # first: reading params loads every method's module, and wit
 from pathlib import Path
 
 from sdclr.data.longtail import make_splits, write_splits
-from sdclr.pipeline.io import load_raw
 from sdclr.pipeline.stage import run_stage
+from sdclr.storage.io import load_raw
 
 
 def main(params, args):

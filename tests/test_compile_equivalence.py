@@ -36,7 +36,7 @@ import yaml
 from sdclr.config import Params, parse_params
 from sdclr.data.augment import BatchAugment
 from sdclr.errors import ParamError
-from sdclr.pipeline.encoder_file import ModelSpec
+from sdclr.storage.encoder_file import ModelSpec
 from sdclr.train import Job, build
 from sdclr.training import Training
 

@@ -26,9 +26,9 @@ from sdclr.config import parse_params
 from sdclr.data.datasets import DATASETS, Dataset, PaperReference, SystemCopy
 from sdclr.data.formats import parse_cifar_pickle, parse_idx
 from sdclr.errors import ConfigError
-from sdclr.pipeline.io import load_raw
 from sdclr.report.deviations import deviations
 from sdclr.report.markdown import reference_section
+from sdclr.storage.io import load_raw
 from tests.dvc_project import ROOT, run_in_process, stage_command
 from tests.test_sources import _batch, _md5s
 

@@ -82,9 +82,9 @@ def test_metrics_reports_and_checkpoints_refuse_a_file_size_limit_alike(tmp_path
     script = textwrap.dedent(f"""
         import sys, torch
         sys.path.insert(0, {str(ROOT)!r})
-        from sdclr.pipeline import checkpoint
+        from sdclr.storage import checkpoint
         from sdclr.errors import OutputError
-        from sdclr.pipeline.io import write_json
+        from sdclr.storage.io import write_json
         from sdclr.report.figures import pyplot as _pyplot, save_figure
         out = {str(tmp_path)!r}
         fig = _pyplot().figure()

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sdclr.pipeline.dvc_stages import import_closure, method_module, render
 from sdclr.methods import METHODS, method_class
+from sdclr.pipeline.dvc_stages import import_closure, method_module, render
 from tests.dvc_project import dvc, make_project, update_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +92,7 @@ def test_a_pretrain_stage_depends_on_its_own_method_only():
 def test_the_closure_finds_lazy_imports_and_package_inits():
     closure = {p.relative_to(ROOT).as_posix() for p in import_closure(ROOT / "stages/evaluate.py")}
     # imported inside main() (lazily), and through the models package
-    assert {"sdclr/evaluate.py", "sdclr/pipeline/encoder_file.py", "sdclr/models/resnet.py", "sdclr/models/__init__.py",
+    assert {"sdclr/evaluate.py", "sdclr/storage/encoder_file.py", "sdclr/models/resnet.py", "sdclr/models/__init__.py",
             "sdclr/__init__.py"} <= closure
     assert not {"sdclr/report/__init__.py", "sdclr/train.py", "sdclr/report/figures.py"} & closure
 

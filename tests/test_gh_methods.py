@@ -11,11 +11,11 @@ import torch
 import yaml
 
 from sdclr.config import parse_params
-from sdclr.pipeline.encoder_file import ModelSpec
 from sdclr.errors import ParamError
-from sdclr.pipeline.io import load_npz
 from sdclr.methods.gh_report import prior_section, total_variation
 from sdclr.report.aggregate import load_per_image
+from sdclr.storage.encoder_file import ModelSpec
+from sdclr.storage.io import load_npz
 from sdclr.train import Job, build
 from tests.test_later_methods import straight_and_resumed
 from tests.test_pretrain import tiny_project  # noqa: F401  (the fixture)

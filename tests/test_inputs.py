@@ -22,8 +22,8 @@ import yaml
 from sdclr.config import parse_params
 from sdclr.data.longtail import load_split
 from sdclr.errors import DataError
-from sdclr.pipeline.io import load_raw, save_npz, sha256_array, write_json
-from sdclr.pipeline.encoder_file import load_encoder
+from sdclr.storage.encoder_file import load_encoder
+from sdclr.storage.io import load_raw, save_npz, sha256_array, write_json
 from tests.dvc_project import make_project, project_env, run_in_process, stage_command
 from tests.test_pretrain import TINY, tiny_dataset
 

@@ -9,15 +9,15 @@ import torch
 import yaml
 from torch.nn import functional as F
 
-from sdclr.pipeline import checkpoint
 from sdclr.config import parse_params
 from sdclr.data.longtail import class_and_group
-from sdclr.pipeline.io import load_npz
 from sdclr.losses import cosine_temperature, nt_xent, nt_xent_per_image
 from sdclr.methods import METHODS, method_class
 from sdclr.methods.bcl_report import weight_section
 from sdclr.report.aggregate import load_per_image, scores
-from sdclr.pipeline.encoder_file import ModelSpec
+from sdclr.storage import checkpoint
+from sdclr.storage.encoder_file import ModelSpec
+from sdclr.storage.io import load_npz
 from sdclr.train import Job, Outputs, build, pretrain
 from tests.test_pretrain import tiny_project  # noqa: F401  (the fixture)
 

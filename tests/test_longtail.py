@@ -8,7 +8,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from sdclr.data.longtail import class_groups, draw_split, hold_out_validation, longtail_counts, make_splits, write_splits
+from sdclr.data.longtail import (
+    class_groups,
+    draw_split,
+    hold_out_validation,
+    longtail_counts,
+    make_splits,
+    write_splits,
+)
 from sdclr.errors import ConfigError
 from tests.conftest import balanced_labels
 
@@ -129,8 +136,9 @@ def test_the_written_splits_and_summary_say_what_the_arrays_hold(tmp_path):
     """What the report and the stages read back: every index array as drawn, and a summary.json
     whose every field is recomputed here from the arrays (counts per class and per rank, totals,
     groups by long-tail rank), not copied from the code that wrote it."""
-    from sdclr.data.longtail import load_split
     import json
+
+    from sdclr.data.longtail import load_split
 
     labels = balanced_labels(10, 80, seed=3)
     names = [f"class{c}" for c in range(10)]
@@ -182,7 +190,7 @@ def test_a_split_file_with_bad_indices_is_one_sentence_naming_its_file(tmp_path,
     image indices, the number of classes for the class order); an index equal to the bound is out."""
     from sdclr.data.longtail import load_split
     from sdclr.errors import DataError
-    from sdclr.pipeline.io import load_npz, save_npz
+    from sdclr.storage.io import load_npz, save_npz
 
     num_train, *_ = _written_split(tmp_path)
     arrays = dict(load_npz(tmp_path / file))

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from sdclr.pipeline.io import load_npz
+from sdclr.storage.io import load_npz
 from tests.conftest import FASHION_SYSTEM_DIR
 from tests.dvc_project import dvc, make_project, update_params
 

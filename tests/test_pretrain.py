@@ -13,12 +13,12 @@ import pytest
 import torch
 import yaml
 
-from sdclr.pipeline import checkpoint
 from sdclr.config import parse_params
 from sdclr.data.longtail import make_splits, write_splits
 from sdclr.errors import TrainingError
-from sdclr.pipeline.io import save_npz, sha256_array, write_json
-from sdclr.pipeline.encoder_file import ModelSpec
+from sdclr.storage import checkpoint
+from sdclr.storage.encoder_file import ModelSpec
+from sdclr.storage.io import save_npz, sha256_array, write_json
 from sdclr.train import Job, Outputs, pretrain
 from sdclr.training import lr_at
 from tests.conftest import balanced_labels
@@ -124,7 +124,7 @@ def test_kill_then_rerun_resumes_and_matches_an_uninterrupted_run(tiny_project, 
 
 def test_checkpoint_of_other_params_is_not_resumed(tiny_project, tmp_path):
     params = parse_params(yaml.safe_load((tiny_project / "params.yaml").read_text()))
-    from sdclr.pipeline.io import load_npz
+    from sdclr.storage.io import load_npz
 
     train = load_npz(tiny_project / "data/raw/fashion_mnist/train.npz")
     lt = load_npz(tiny_project / "data/splits/fashion_mnist/split0.npz")["longtail"]
@@ -145,7 +145,7 @@ def test_nan_loss_stops_with_one_sentence_and_keeps_the_checkpoint(tiny_project,
     raw = yaml.safe_load((tiny_project / "params.yaml").read_text())
     raw["pretrain"].update(epochs=3, lr=1e30)  # diverges
     params = parse_params(raw)
-    from sdclr.pipeline.io import load_npz
+    from sdclr.storage.io import load_npz
 
     train = load_npz(tiny_project / "data/raw/fashion_mnist/train.npz")
     lt = load_npz(tiny_project / "data/splits/fashion_mnist/split0.npz")["longtail"]
@@ -168,8 +168,8 @@ def test_lr_schedule_warmup_then_cosine_to_zero():
 
 def test_temperature_schedule_sets_each_epochs_tau_and_is_logged(tiny_project, tmp_path):
     """pretrain.temperature_schedule: cosine → every method's τ follows TS epoch by epoch (sbid's too)."""
-    from sdclr.pipeline.io import load_npz
     from sdclr.losses import cosine_temperature
+    from sdclr.storage.io import load_npz
 
     raw = yaml.safe_load((tiny_project / "params.yaml").read_text())
     raw["pretrain"].update(epochs=4, temperature_schedule="cosine", tau_min=0.1, tau_max=0.5, period_epochs=4)

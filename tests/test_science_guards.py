@@ -16,11 +16,11 @@ import torch
 
 from sdclr.config import ProbeParams, parse_params
 from sdclr.data.longtail import load_split
-from sdclr.pipeline.encoder_file import ModelSpec
 from sdclr.evaluate import Heldout, evaluate_encoder, extract_features, linear_probe
-from sdclr.pipeline.io import load_npz
 from sdclr.models import HeadSpec, build_model
 from sdclr.pruning import masked_convs
+from sdclr.storage.encoder_file import ModelSpec
+from sdclr.storage.io import load_npz
 from sdclr.train import Job, build, run_epoch
 from tests.test_pretrain import tiny_project  # noqa: F401  (a fixture)
 

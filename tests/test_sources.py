@@ -16,7 +16,7 @@ import pytest
 
 from sdclr.data.sources import fetch_dataset
 from sdclr.errors import DataError
-from sdclr.pipeline.io import load_npz, sha256_array
+from sdclr.storage.io import load_npz, sha256_array
 from tests.conftest import FASHION_SYSTEM_DIR
 
 needs_fmnist = pytest.mark.skipif(not FASHION_SYSTEM_DIR.exists(), reason="needs Debian's dataset-fashion-mnist")

@@ -20,10 +20,11 @@ import pytest
 import torch
 import yaml
 
-from sdclr.pipeline import io, tracking
 from sdclr.config import parse_params
-from sdclr.pipeline.io import load_npz
-from sdclr.pipeline.encoder_file import ModelSpec
+from sdclr.pipeline import tracking
+from sdclr.storage import io
+from sdclr.storage.encoder_file import ModelSpec
+from sdclr.storage.io import load_npz
 from sdclr.train import Job, Outputs, pretrain
 from tests.dvc_project import ROOT, project_env, run_in_process, stage_command
 from tests.test_pretrain import tiny_project  # noqa: F401  (a fixture)
@@ -123,7 +124,7 @@ def test_the_venvs_dvc_runs_stages_with_the_venv_without_activation(tmp_path):
 def test_a_failing_compile_is_one_line_and_the_run_goes_on_eagerly(tiny_project, tmp_path):
     """No working C++ compiler (CXX=/bin/false): Inductor fails on the first step; the run must
     finish, say so in one line naming the param, and train exactly what the eager run trains."""
-    from sdclr.pipeline import checkpoint
+    from sdclr.storage import checkpoint
 
     env = project_env(tiny_project, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     params = yaml.safe_load((tiny_project / "params.yaml").read_text())

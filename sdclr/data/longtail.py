@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from sdclr.errors import DataError, ParamError
-from sdclr.pipeline.io import atomic_dir, read_npz, save_npz, write_json
+from sdclr.storage.io import atomic_dir, read_npz, save_npz, write_json
+
 
 def longtail_counts(n_max: int, imbalance_ratio: float, num_classes: int) -> list[int]:
     """``n_i = floor(n_max * r^(-i/(C-1)))`` for rank i = 0..C-1.

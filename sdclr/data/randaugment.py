@@ -85,8 +85,19 @@ from __future__ import annotations
 
 import torch
 
-from sdclr.data.randaugment_ops import (autocontrast, brightness, color, contrast, cutout, equalize, per_sample,
-                                        posterize, sharpness, solarize, warp)
+from sdclr.data.randaugment_ops import (
+    autocontrast,
+    brightness,
+    color,
+    contrast,
+    cutout,
+    equalize,
+    per_sample,
+    posterize,
+    sharpness,
+    solarize,
+    warp,
+)
 
 #: the 15 ops of BCL's ``augment_list``, in its order (index = op id)
 OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "AutoContrast", "Invert", "Equalize", "Solarize",

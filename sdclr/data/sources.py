@@ -32,7 +32,7 @@ from pathlib import Path
 
 from sdclr.data.datasets import DATASETS, Dataset
 from sdclr.errors import DataError
-from sdclr.pipeline.io import atomic_dir, save_npz, sha256_array, write_json
+from sdclr.storage.io import atomic_dir, save_npz, sha256_array, write_json
 
 DOWNLOAD_TIMEOUT_S = 20
 

@@ -2,8 +2,8 @@
 
 ``REGISTRY`` is the one list of methods that exist: the stages' ``--method`` choices, the
 report's row order and the params blocks a params.yaml may have all come from it; params.yaml's
-``methods`` chooses which of them run (``python -m sdclr.pipeline.dvc_stages`` writes their stages). Each class (:class:`sdclr.methods.base.Method`) declares what is specific
-to it. A class is imported only when asked for, so a pretrain stage imports — and DVC
+``methods`` chooses which of them run (``python -m sdclr.pipeline.dvc_stages`` writes their
+stages). Each class (:class:`sdclr.methods.base.Method`) declares what is specific to it. A class is imported only when asked for, so a pretrain stage imports — and DVC
 tracks — the module of its own method only: editing ``sbid.py`` re-runs sbid's stages.
 """
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import torch
 
 from sdclr.distributed import global_batch
+from sdclr.errors import ParamError
 from sdclr.harmonization import ClusterPrior, gh_loss, gh_weight, simplex_etf, target_logits
 from sdclr.losses import nt_xent
-from sdclr.errors import ParamError
 from sdclr.methods.base import claims_against
 from sdclr.methods.sdclr import SDCLR
 from sdclr.methods.simclr import SimCLR

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sdclr.report.figures import axes_per_method, legend_outside, message_figure, save_figure
 from sdclr.report.aggregate import rows_with
+from sdclr.report.figures import axes_per_method, legend_outside, message_figure, save_figure
 from sdclr.stats import paired_difference
 
 

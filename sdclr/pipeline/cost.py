@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from sdclr.pipeline import numerics
-from sdclr.pipeline.io import write_json
+from sdclr.storage.io import write_json
 
 COST_PATH = Path("reports/cost.json")
 

@@ -207,10 +207,10 @@ def measure(params_path: str | Path = "params.yaml") -> list[dict]:
 
     from sdclr.config import parse_params
     from sdclr.data.datasets import DATASETS
-    from sdclr.pipeline.encoder_file import ModelSpec
-    from sdclr.models import build_model
     from sdclr.methods import method_class
+    from sdclr.models import build_model
     from sdclr.pipeline.numerics import apply
+    from sdclr.storage.encoder_file import ModelSpec
 
     raw = yaml.safe_load(Path(params_path).read_text())
     raw.update(device="cpu")
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         print(explain(ours, theirs, f"{args.compare}'s") + ".")
         return 1 if differing_groups(ours, theirs)[0] else 0
     if args.out:
-        from sdclr.pipeline.io import write_bytes
+        from sdclr.storage.io import write_bytes
 
         write_bytes(args.out, text.encode())
         print(f"fingerprint: {len(text.splitlines()) - 1} ops → {args.out}")

@@ -23,8 +23,7 @@ import yaml
 
 from sdclr.config import PRESET_DIR, parse_params
 from sdclr.errors import ConfigError, SdclrError
-from sdclr.pipeline.io import write_bytes
-
+from sdclr.storage.io import write_bytes
 
 
 def available(preset_dir: Path = PRESET_DIR) -> list[str]:

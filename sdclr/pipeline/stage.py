@@ -15,10 +15,10 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from sdclr.pipeline import numerics
 from sdclr.config import Params, load_params
 from sdclr.errors import ParamError, SdclrError
-from sdclr.pipeline.io import NO_ROOM, no_room, remove_stale_temps
+from sdclr.pipeline import numerics
+from sdclr.storage.io import NO_ROOM, no_room, remove_stale_temps
 
 
 def run_stage(

@@ -38,12 +38,12 @@ from pathlib import Path
 import pandas as pd
 
 from sdclr.config import as_flat_dict
-from sdclr.pipeline.io import write_bytes, write_json
 from sdclr.methods import METHODS, method_class
 from sdclr.report.aggregate import KINDS, aggregate, load_metrics, load_per_image, loss_table, scores, write_scores
 from sdclr.report.claims import compare, undecided_section, verdict_sections
 from sdclr.report.figures import plot_class_counts, plot_group_bars, plot_loss_curves, plot_paired_differences
 from sdclr.report.markdown import markdown_table, numerics_note, reference_section, uncertainty_note
+from sdclr.storage.io import write_bytes, write_json
 
 
 def method_sections(methods: list[str], per_image: pd.DataFrame, params, figures: Path) -> list[str]:

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from sdclr.errors import DataError
-from sdclr.pipeline.io import write_bytes
 from sdclr.methods import METHODS
+from sdclr.storage.io import write_bytes
 
 KINDS = {"full_shot": "Linear probe, full-shot", "few_shot": "Linear probe, few-shot (1 % per class)", "knn": "kNN"}
 

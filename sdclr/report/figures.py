@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sdclr.pipeline.io import atomic_path
 from sdclr.report.aggregate import GROUPS, KINDS, pct, reported_methods
 from sdclr.report.claims import SHORT_KIND, tested
 from sdclr.stats import AGREES, DISAGREES, INCONCLUSIVE
+from sdclr.storage.io import atomic_path
+
 
 def pyplot():
     import matplotlib

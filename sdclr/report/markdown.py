@@ -9,6 +9,7 @@ from sdclr.data.datasets import DATASETS
 from sdclr.report.aggregate import GROUPS, pct, pm, reported_methods
 from sdclr.stats import CONFIDENCE
 
+
 def markdown_table(agg: dict, kind: str) -> str:
     head = "| method | accuracy | major | moderate | minor | balancedness ↓ (mean of per-split std) | std of mean groups ↓ | splits |"
     lines = [head, "|" + "---|" * 8]

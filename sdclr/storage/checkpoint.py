@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from sdclr.pipeline.io import write_bytes
+from sdclr.storage.io import write_bytes
 
 
 def fingerprint(obj: Any) -> str:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
 import torch
 
-from sdclr.pipeline import checkpoint
 from sdclr.errors import DataError
 from sdclr.models import HeadSpec, build_model
+from sdclr.storage import checkpoint
+
 
 @dataclass
 class ModelSpec:
