@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from sdclr.errors import SdclrError
-from sdclr.pipeline.parallel import plan, run
+from sdclr.pipeline.parallel import plan, run, workspace
 from tests.dvc_project import ROOT
 
 DVC = (sys.executable, "-m", "dvc")
@@ -227,3 +227,43 @@ def test_each_stage_gets_its_own_gpu_and_at_most_per_gpu_stages_share_one(tmp_pa
     gpus = [(proj / f"s{i}.txt").read_text() for i in range(4)]
     assert sorted(gpus) == ["3", "3", "5", "5"]  # each GPU took two stages, never two at once
     assert "on 2 GPU(s)" in lines[0] and sum(" on GPU " in line for line in lines) == 4
+
+
+def _alive(pid: int) -> bool:
+    """A process that exists and is not a zombie (an orphan's zombie may wait for a busy init)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_sigterm_stops_the_stages_and_a_second_run_is_told_who_holds_the_workspace(tmp_path):
+    """What `timeout`, SLURM and service managers send: the runner stops its stages as on Ctrl-C,
+    in one sentence, leaving no process behind; meanwhile a second runner is refused, named."""
+    stages = {"long": {"cmd": _py("import os, pathlib, time; pathlib.Path('pid.txt').write_text(str(os.getpid())); "
+                                  "time.sleep(120)"), "outs": ["long.txt"]}}
+    proj = synthetic_project(tmp_path / "p", stages)
+    runner = subprocess.Popen([sys.executable, "-m", "sdclr.pipeline.parallel", "--jobs", "1"], cwd=proj, env=_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (proj / "pid.txt").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    stage_pid = int((proj / "pid.txt").read_text())
+
+    with pytest.raises(SdclrError) as refused:
+        run(proj, jobs=1, log=lambda _: None)
+    said = str(refused.value)
+    assert said.startswith(f"another run holds this workspace: pid {runner.pid} (`") and "s ago)" in said, said
+    assert "sdclr/pipeline/parallel.py --jobs 1`" in said and f"kill -TERM {runner.pid}" in said, said
+
+    runner.send_signal(signal.SIGTERM)
+    out, err = runner.communicate(timeout=90)
+    assert runner.returncode == 143, (out, err)
+    assert err.strip().splitlines() == ["terminated (SIGTERM): the running stages were stopped; finished stages are "
+                                        "kept, run again to resume."], err
+    deadline = time.monotonic() + 20
+    while _alive(stage_pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(stage_pid), "the stage outlived its runner"
+    with workspace(proj):  # the workspace is free again
+        pass

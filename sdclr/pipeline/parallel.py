@@ -29,11 +29,18 @@ A cluster runs the same unit (docs/design.md, "Clusters").
 - **Failures.** A failed stage stops the others (SIGINT: a pretraining keeps its last
   checkpoint), is named in one sentence with its own error line and its log, and the
   next run resumes: finished stages are up to date, a stopped pretraining resumes.
+- **Signals.** Ctrl-C and SIGTERM (what ``timeout``, SLURM and service managers send) stop the
+  running stages the same way, leave no process behind and end in one sentence.
+- **One run per workspace.** A second runner started in the same workspace says which run
+  holds it and since when, and stops (a lock on ``.dvc/tmp/parallel/runner.lock``, which the
+  system releases when its holder dies, however it dies).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -57,6 +64,10 @@ EPOCH = re.compile(r"epoch (\d+)/(\d+)")
 HEARTBEAT_S = 60.0
 #: where each stage's output goes (DVC's own tmp folder: ignored by git and by DVC)
 LOG_DIR = Path(".dvc/tmp/parallel")
+
+
+class Terminated(Exception):
+    """SIGTERM reached the runner: it stops its stages as on Ctrl-C."""
 
 
 @dataclass
@@ -234,6 +245,37 @@ def _stop(running: dict[str, Running], grace_s: float = 60.0) -> None:
                 pass
 
 
+@contextlib.contextmanager
+def workspace(root: Path):
+    """Hold this workspace for one runner; another one gets a sentence naming the holder."""
+    path = root / LOG_DIR / "runner.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            try:
+                holder = json.loads(handle.read())
+            except ValueError:  # it has the lock but has not written who it is yet
+                holder = {}
+            pid, since = holder.get("pid", "?"), holder.get("started")
+            when = (f", started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))} "
+                    f"({time.time() - since:.0f} s ago)" if since else "")
+            raise SdclrError(f"another run holds this workspace: pid {pid} (`{holder.get('command', '?')}`{when}); "
+                             f"wait for it to finish, or stop it with `kill -TERM {pid}` (it stops its stages and "
+                             "keeps what is done), then run again.") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"pid": os.getpid(), "command": " ".join(sys.argv) or "python", "started": time.time()}))
+        handle.flush()
+        yield  # the lock goes with the file's closing, or with the process
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def _interruptible() -> object:
     """Let the stages get SIGINT: a process started in the background by a shell ignores it,
     and its children inherit that; a handler (unlike SIG_IGN) is reset to the default on exec.
@@ -257,6 +299,11 @@ def run(root: Path, jobs: int, targets: list[str] | None = None, per_gpu: int = 
     after ``stop_grace_s``).
     """
     root = root.resolve()
+    with workspace(root):
+        _run(root, jobs, targets, per_gpu, log, env, stop_grace_s, dvc)
+
+
+def _run(root, jobs, targets, per_gpu, log, env, stop_grace_s, dvc) -> None:
     the_plan = plan(root, targets)
     total = len(the_plan.order)
     env = dict(os.environ if env is None else env)
@@ -274,6 +321,10 @@ def run(root: Path, jobs: int, targets: list[str] | None = None, per_gpu: int = 
     attempts: dict[str, int] = {}
     t_start = last_line = time.monotonic()
     previous_sigint = _interruptible()
+    try:
+        previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave SIGTERM as it is
+        previous_sigterm = None
 
     def start(name: str) -> None:
         gpu = next((g for g, free in slots.items() if free > 0), None)
@@ -328,12 +379,14 @@ def run(root: Path, jobs: int, targets: list[str] | None = None, per_gpu: int = 
                 raise SdclrError(f"stage {name} failed after {seconds:.0f} s ({_error_line(text)}); the stages "
                                  f"running beside it were stopped and every finished stage is kept: fix the cause "
                                  f"and run the same command again (its log: {r.log.relative_to(root)}).")
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated):
         _stop(running, stop_grace_s)
         raise
     finally:
         if previous_sigint is signal.SIG_IGN and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
     if total:
         log(f"parallel: {total} stage(s) in {time.monotonic() - t_start:.0f} s with {jobs} at once.")
     final = subprocess.run([*dvc, "--wait-for-lock", "repro", *(targets or [])], cwd=root, env=env,
@@ -369,6 +422,10 @@ def main(argv: list[str] | None = None) -> None:
         print("interrupted: the running stages were stopped; finished stages are kept, run again to resume.",
               file=sys.stderr)
         sys.exit(130)
+    except Terminated:
+        print("terminated (SIGTERM): the running stages were stopped; finished stages are kept, run again to "
+              "resume.", file=sys.stderr)
+        sys.exit(143)
 
 
 if __name__ == "__main__":
