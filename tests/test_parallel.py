@@ -174,11 +174,16 @@ def test_a_lost_lock_race_is_retried_not_failed(tmp_path):
     proj = synthetic_project(tmp_path / "p", {"a": writer("a.txt", "a")})
     held = threading.Event()
 
+    log = proj / ".dvc/tmp/parallel/a.log"
+
     def hold_lock():
+        """Until the stage's first attempt has lost the race (a fixed sleep is too short on a busy machine)."""
         with Repo(str(proj)) as repo:
             with rwlock(repo.tmp_dir, repo.fs, "test reads a.txt", [str(proj / "a.txt")], [], False):
                 held.set()
-                time.sleep(2)
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline and not (log.exists() and "is busy" in log.read_text()):
+                    time.sleep(0.1)
 
     holder = threading.Thread(target=hold_lock)
     holder.start()
