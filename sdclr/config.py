@@ -201,7 +201,7 @@ class Params:
                                  choices=_registered_methods, recipe=False)
     evaluate: EvaluateParams = setting()
     #: each method's own block by its params.yaml key (``params.sbid`` reads ``blocks["sbid"]``)
-    blocks: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    blocks: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=True)
 
     def __getattr__(self, name: str):
         """A method's block as an attribute: ``params.sbid``, ``params.gh``."""

@@ -82,10 +82,3 @@ def test_the_report_stage_names_the_command_when_a_listed_method_has_no_stages(t
                                   "them: dvc.yaml has no stages for them yet; run `python -m sdclr.pipeline.dvc_stages`, "
                                   "then `dvc repro`."), out.stderr
     assert (tiny_project / "reports/report.md").read_bytes() == before  # nothing produced is touched
-
-
-def test_a_missing_group_is_one_sentence_whether_shared_or_a_methods():
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for group, said in (("data", r"missing key 'data' \(required\)"), ("sbid", r"missing key 'sbid' \(Single-branch")):
-        with pytest.raises(ParamError, match=rf"^params.yaml: {said}"):
-            parse_params({k: v for k, v in raw.items() if k != group})
