@@ -4,8 +4,11 @@
 #   bash scripts/reproduce.sh --jobs 1                # one stage at a time (the same bytes, in portable numerics)
 #   bash scripts/reproduce.sh --preset cifar10_paper  # merge presets/cifar10_paper.yaml into params.yaml first
 #   bash scripts/reproduce.sh report                  # only what the named stage(s) need
-# --jobs N: at most N stages at once (default: the cores, or one per visible GPU); --per-gpu K: K stages
-# share each GPU; see sdclr/pipeline/parallel.py.
+#   bash scripts/reproduce.sh --slurm --slurm-args "--partition=gpu --time=04:00:00 --gres=gpu:1"
+#                                                     # each stage's work as a SLURM job (sdclr/pipeline/slurm.py)
+# --jobs N: at most N stages at once (default: the cores, or one per visible GPU; 64 jobs with --slurm);
+# --per-gpu K: K stages share each GPU; see sdclr/pipeline/parallel.py. --slurm-args defaults to
+# $SDCLR_SLURM_ARGS.
 # Arguments starting with '-' other than these go to a plain, sequential `dvc repro`.
 set -euo pipefail
 preset=""
@@ -13,6 +16,7 @@ jobs=0
 per_gpu=1
 targets=()
 dvc_args=()
+slurm=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --preset) preset="${2:?--preset needs a name, e.g. cifar10_paper}"; shift 2 ;;
@@ -21,6 +25,9 @@ while [ $# -gt 0 ]; do
     --jobs=*) jobs="${1#--jobs=}"; shift ;;
     --per-gpu) per_gpu="${2:?--per-gpu needs a number, e.g. 2}"; shift 2 ;;
     --per-gpu=*) per_gpu="${1#--per-gpu=}"; shift ;;
+    --slurm) slurm+=(--slurm); shift ;;
+    --slurm-args) slurm+=(--slurm-args "${2?--slurm-args needs sbatch options, e.g. \"--time=04:00:00\"}"); shift 2 ;;
+    --slurm-args=*) slurm+=(--slurm-args "${1#--slurm-args=}"); shift ;;
     -*) dvc_args+=("$1"); shift ;;
     *) targets+=("$1"); shift ;;
   esac
@@ -32,7 +39,8 @@ fi
 if [ ${#dvc_args[@]} -gt 0 ]; then
   dvc repro "${dvc_args[@]}" ${targets[@]+"${targets[@]}"}
 else
-  python -m sdclr.pipeline.parallel --jobs "$jobs" --per-gpu "$per_gpu" ${targets[@]+"${targets[@]}"}
+  python -m sdclr.pipeline.parallel --jobs "$jobs" --per-gpu "$per_gpu" ${slurm[@]+"${slurm[@]}"} \
+    ${targets[@]+"${targets[@]}"}
 fi
 # this CPU's kernels, op by op: committed with the report, and what compare explains a difference with
 python -m sdclr.pipeline.fingerprint --out reports/fingerprint.jsonl

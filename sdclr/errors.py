@@ -45,3 +45,8 @@ class TrackingError(SdclrError):
 
 class OutputError(SdclrError):
     """An output cannot be written: a full disk, a file-size limit or a quota."""
+
+
+class TimeLimitStop(SdclrError):
+    """A job's time-limit warning came: the run saved its checkpoint and stops for the next job
+    to resume it (:mod:`sdclr.pipeline.time_limit`)."""

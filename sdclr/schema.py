@@ -175,7 +175,8 @@ def build(cls, raw: dict, prefix: str, blocks: dict[str, type] | None = None):
             )
     for name in names:
         if name not in raw:
-            doc = next((f.metadata.get("doc") for f in fields if f.name == name), None) or blocks[name].__doc__
+            doc = blocks[name].__doc__ if name in blocks else next(
+                (f.metadata.get("doc") for f in fields if f.name == name), None) or f"the {name} group of params.yaml"
             raise ParamError(f"missing key {join(prefix, name)!r} ({(doc or 'required').strip().splitlines()[0]}); "
                              "add it to the file.")
     kwargs = {f.name: _field_value(f, hints[f.name], raw[f.name], join(prefix, f.name)) for f in fields}

@@ -36,11 +36,11 @@ from sdclr.config import Params
 from sdclr.data.augment import BatchAugment
 from sdclr.data.device_data import epoch_batches, to_device_uint8
 from sdclr.device import resolve_device
-from sdclr.errors import ParamError, TrainingError
+from sdclr.errors import ParamError, TimeLimitStop, TrainingError
 from sdclr.losses import cosine_temperature
 from sdclr.methods import method_class
 from sdclr.models import build_model
-from sdclr.pipeline import numerics
+from sdclr.pipeline import numerics, time_limit
 from sdclr.storage import checkpoint
 from sdclr.storage.encoder_file import ModelSpec, save_encoder
 from sdclr.storage.io import write_bytes
@@ -274,6 +274,7 @@ def pretrain(params: Params, job: Job, outputs: Outputs, run=None, log: Callable
     ``run`` is an optional :class:`sdclr.pipeline.tracking.Run` receiving per-epoch metrics;
     ``stop_after_epoch`` ends the loop early (after checkpointing) — used to test resume.
     """
+    time_limit.listen()  # a cluster job's warning before its time limit: stop after this epoch
     training = build(params, job)
     log = log if training.ctx.is_main else _silent  # rank 0 speaks, writes and tracks; the others only compute
     training.log = log
@@ -291,8 +292,13 @@ def pretrain(params: Params, job: Job, outputs: Outputs, run=None, log: Callable
             # methods are different quantities (the history CSV keeps one `loss` column for DVC's overlay)
             loss_name = {"loss": type(training.method).loss_metric}
             run.log_metrics({**{loss_name.get(k, k): v for k, v in metrics.items()}, **timing}, step=epoch + 1)
-        if (epoch + 1) % params.pretrain.checkpoint_every == 0 or epoch + 1 == epochs:
+        stop_for_time_limit = time_limit.warned() and epoch + 1 < epochs
+        if (epoch + 1) % params.pretrain.checkpoint_every == 0 or epoch + 1 == epochs or stop_for_time_limit:
             save_checkpoint(training, outputs.checkpoint, epoch + 1, run.run_id if run is not None else "")
+        if stop_for_time_limit:
+            raise TimeLimitStop(f"{training.label}: the job's time-limit warning came; stopped after epoch "
+                                f"{epoch + 1}/{epochs} with its checkpoint {outputs.checkpoint}, which the next "
+                                "job resumes from.")
         if stop_after_epoch is not None and stop_after_epoch <= epoch + 1 < epochs:
             break
     if last == epochs and training.ctx.is_main:

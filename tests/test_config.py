@@ -62,6 +62,8 @@ BAD = [
     ("pretrain.bogus", 1, ["unknown key", "pretrain.bogus", "epochs"]),
     ("lr", 0.1, ["unknown key", "'lr'", "prune_ratio"]),
     ("pretrain.lr", _DELETE, ["missing key", "pretrain.lr"]),
+    ("data", _DELETE, ["missing key 'data'", "the data group"]),  # a whole shared group (was a bare KeyError)
+    ("sbid", _DELETE, ["missing key 'sbid'", "Single-branch"]),  # a method's block
     ("data", 3, ["data", "a mapping"]),
     ("pretrain.temperature_schedule", "linear", ["pretrain.temperature_schedule", "'cosine'"]),
     ("pretrain.tau_min", 2.0, ["pretrain.tau_min", "tau_max", "tau_min <= tau_max"]),

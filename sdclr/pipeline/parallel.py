@@ -11,7 +11,8 @@ stages are out of date, then starts ``dvc repro --single-item <stage>`` for ever
 stage whose upstream stages are done, at most ``--jobs`` at a time, and ends with a
 plain ``dvc repro`` that must find nothing left to do. Every stage's ``dvc.lock`` entry
 and outputs are therefore written by DVC itself, exactly as a sequential run writes them.
-A cluster runs the same unit (docs/design.md, "Clusters").
+With ``--slurm`` each stage's work runs as a SLURM job while ``dvc repro`` waits for it here
+(:mod:`sdclr.pipeline.slurm`; docs/design.md, "Clusters").
 
 - **Numerics.** A portable stage pins its kernels and runs on one thread whatever its
   parent's environment (:mod:`sdclr.pipeline.numerics`), so ``--jobs`` cannot change a byte. With
@@ -44,6 +45,7 @@ import fcntl
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -62,8 +64,12 @@ LOCK_RETRIES = 8
 EPOCH = re.compile(r"epoch (\d+)/(\d+)")
 #: seconds without a start or finish before the runner says what is running
 HEARTBEAT_S = 60.0
+#: the launcher's line for a job's state: "slurm: job 42 RUNNING on node1"
+JOB_STATE = re.compile(r"slurm: job (\d+) ([A-Z_]+)")
 #: where each stage's output goes (DVC's own tmp folder: ignored by git and by DVC)
 LOG_DIR = Path(".dvc/tmp/parallel")
+#: stages at once with --slurm: jobs queued on the cluster, not cores here
+SLURM_JOBS = 64
 
 
 class Terminated(Exception):
@@ -220,9 +226,11 @@ def _error_line(text: str) -> str:
 
 
 def _progress(r: Running) -> str:
-    """A running stage, with the last epoch its log shows (pretrainings print one line per epoch)."""
-    epochs = EPOCH.findall(r.log.read_text(errors="replace")[-4000:]) if r.log.exists() else []
-    where = f"epoch {epochs[-1][0]}/{epochs[-1][1]}, " if epochs else ""
+    """A running stage, with its SLURM job and state and the last epoch its log shows (pretrainings
+    print one line per epoch)."""
+    tail = r.log.read_text(errors="replace")[-4000:] if r.log.exists() else ""
+    jobs, epochs = JOB_STATE.findall(tail), EPOCH.findall(tail)
+    where = (f"job {jobs[-1][0]} {jobs[-1][1]}, " if jobs else "") + (f"epoch {epochs[-1][0]}/{epochs[-1][1]}, " if epochs else "")
     return f"{r.name} ({where}{time.monotonic() - r.started:.0f} s)"
 
 
@@ -291,29 +299,46 @@ def _interruptible() -> object:
 
 def run(root: Path, jobs: int, targets: list[str] | None = None, per_gpu: int = 1, log=print,
         env: dict[str, str] | None = None, stop_grace_s: float = 60.0,
-        dvc: tuple[str, ...] = (sys.executable, "-m", "dvc")) -> None:
+        dvc: tuple[str, ...] = (sys.executable, "-m", "dvc"), slurm_args: list[str] | None = None) -> None:
     """Bring ``targets`` (default: every stage) up to date with at most ``jobs`` stages at once.
 
-    ``env``: the stages' environment (default: this process's). Raises :class:`SdclrError`
-    with one sentence when a stage fails, after stopping the others (SIGINT, then SIGTERM
-    after ``stop_grace_s``).
+    ``env``: the stages' environment (default: this process's). ``slurm_args``: run each
+    stage's work as a SLURM job with these ``sbatch`` options (None: here). Raises
+    :class:`SdclrError` with one sentence when a stage fails, after stopping the others
+    (SIGINT, then SIGTERM after ``stop_grace_s``).
     """
     root = root.resolve()
     with workspace(root):
-        _run(root, jobs, targets, per_gpu, log, env, stop_grace_s, dvc)
+        _run(root, jobs, targets, per_gpu, log, env, stop_grace_s, dvc, slurm_args)
 
 
-def _run(root, jobs, targets, per_gpu, log, env, stop_grace_s, dvc) -> None:
+def stage_env(root: Path, env: dict[str, str], jobs: int, slurm_args: list[str] | None) -> dict[str, str]:
+    """The stages' environment: with ``--slurm``, the job launcher; here, the allocator and the threads."""
+    if slurm_args is not None:
+        from sdclr.pipeline import slurm
+
+        if not shutil.which("sbatch", path=env.get("PATH")):
+            raise SdclrError("--slurm needs SLURM's `sbatch` on PATH; run on the cluster's submit host, or without "
+                             "--slurm to run the stages here.")
+        return slurm.stage_env(env, root, slurm_args)
+    env = {**env, **allocator_env(env)}
+    if _numerics(root) == "native":
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // jobs))
+    return env
+
+
+def _run(root, jobs, targets, per_gpu, log, env, stop_grace_s, dvc, slurm_args) -> None:
     the_plan = plan(root, targets)
     total = len(the_plan.order)
     env = dict(os.environ if env is None else env)
-    gpus = visible_gpus(env)
+    final_env = dict(env)
+    gpus = [] if slurm_args is not None else visible_gpus(env)  # on a cluster, SLURM gives each job its GPUs
     slots = {g: per_gpu for g in gpus}
     log(f"parallel: {total} stage(s) to run, at most {jobs} at once"
-        + (f", {per_gpu} per GPU on {len(gpus)} GPU(s)" if gpus else "") + (": nothing to do." if not total else "."))
-    env.update(allocator_env(env))
-    if _numerics(root) == "native":
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // jobs))
+        + (f", {per_gpu} per GPU on {len(gpus)} GPU(s)" if gpus else "")
+        + (f", each as a SLURM job ({shlex.join(slurm_args) or 'default options'})" if slurm_args is not None else "")
+        + (": nothing to do." if not total else "."))
+    env = stage_env(root, env, jobs, slurm_args)
     logs = root / LOG_DIR
     logs.mkdir(parents=True, exist_ok=True)
     pending, running, done = list(the_plan.order), {}, set()
@@ -328,7 +353,7 @@ def _run(root, jobs, targets, per_gpu, log, env, stop_grace_s, dvc) -> None:
 
     def start(name: str) -> None:
         gpu = next((g for g, free in slots.items() if free > 0), None)
-        child_env = dict(env)
+        child_env = {**env, "SDCLR_STAGE": name}
         if gpu is not None:
             slots[gpu] -= 1
             child_env["CUDA_VISIBLE_DEVICES"] = gpu
@@ -389,7 +414,7 @@ def _run(root, jobs, targets, per_gpu, log, env, stop_grace_s, dvc) -> None:
             signal.signal(signal.SIGTERM, previous_sigterm)
     if total:
         log(f"parallel: {total} stage(s) in {time.monotonic() - t_start:.0f} s with {jobs} at once.")
-    final = subprocess.run([*dvc, "--wait-for-lock", "repro", *(targets or [])], cwd=root, env=env,
+    final = subprocess.run([*dvc, "--wait-for-lock", "repro", *(targets or [])], cwd=root, env=final_env,
                            capture_output=True, text=True, stdin=subprocess.DEVNULL)
     ran = re.findall(r"Running stage '([^']+)'", final.stdout)
     if final.returncode != 0:
@@ -409,12 +434,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("targets", nargs="*", help="stages to bring up to date (default: all)")
     p.add_argument("--jobs", "-j", type=int, default=0, help="stages at once (default: the cores, or the GPU slots)")
     p.add_argument("--per-gpu", type=int, default=1, help="stages sharing one GPU (default 1)")
+    p.add_argument("--slurm", action="store_true", help="run each stage's work as a SLURM job (sdclr/pipeline/slurm.py)")
+    p.add_argument("--slurm-args", default=None,
+                   help="sbatch options for every job, e.g. \"--partition=gpu --time=04:00:00 --gres=gpu:1\" "
+                        "(default: $SDCLR_SLURM_ARGS)")
     args = p.parse_args(argv)
     if args.jobs < 0 or args.per_gpu < 1:
         p.error("--jobs must be >= 1 (0 = the default) and --per-gpu >= 1")
-    jobs = args.jobs or default_jobs(visible_gpus(), args.per_gpu)
+    if args.slurm_args is not None and not args.slurm:
+        p.error("--slurm-args needs --slurm")
+    slurm_args = args.slurm_args if args.slurm_args is not None else os.environ.get("SDCLR_SLURM_ARGS", "")
+    jobs = args.jobs or (SLURM_JOBS if args.slurm else default_jobs(visible_gpus(), args.per_gpu))
     try:
-        run(Path.cwd(), jobs, args.targets or None, args.per_gpu)
+        run(Path.cwd(), jobs, args.targets or None, args.per_gpu,
+            slurm_args=shlex.split(slurm_args) if args.slurm else None)
     except SdclrError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

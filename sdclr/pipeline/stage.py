@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Callable
 
 from sdclr.config import Params, load_params
-from sdclr.errors import ParamError, SdclrError
-from sdclr.pipeline import numerics
+from sdclr.errors import ParamError, SdclrError, TimeLimitStop
+from sdclr.pipeline import numerics, time_limit
 from sdclr.storage.io import NO_ROOM, no_room, remove_stale_temps
 
 
@@ -52,6 +52,9 @@ def run_stage(
                 remove_stale_temps(paths[name])
         check_writable(list(paths.values()))
         main(params, args)
+    except TimeLimitStop as e:  # not an error: the launcher submits the job that resumes it
+        print(f"time limit: {e}", file=sys.stderr)
+        sys.exit(time_limit.EXIT_CODE)
     except SdclrError as e:
         if isinstance(e, ParamError):  # found after loading (e.g. in training): name the file actually read
             e.params_file = str(args.params)

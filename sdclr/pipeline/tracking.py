@@ -36,7 +36,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from sdclr.errors import TrackingError
+from sdclr.errors import TimeLimitStop, TrackingError
 
 #: the probe accuracies, the columns a researcher compares runs by
 ACCURACY_COLUMNS = tuple(f"metrics.`{k}_accuracy`" for k in ("full_shot", "few_shot", "knn"))
@@ -263,7 +263,7 @@ class Run:
     ``resume_run_id`` reopens that run (a pretraining resumed from its checkpoint continues
     the run it was logging to, so one run holds the whole loss curve); ``parent_run_id``
     nests this run under another. Ends FINISHED on success, FAILED on an exception, KILLED
-    on Ctrl-C.
+    on Ctrl-C or a job's time limit (the next job reopens it).
     """
 
     def __init__(self, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str],
@@ -333,7 +333,8 @@ class Run:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        status = "FINISHED" if exc_type is None else ("KILLED" if exc_type is KeyboardInterrupt else "FAILED")
+        stopped = exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, TimeLimitStop))
+        status = "FINISHED" if exc_type is None else ("KILLED" if stopped else "FAILED")
         self.client.set_terminated(self.run_id, status)
 
 
