@@ -45,11 +45,12 @@ import yaml
 
 from sdclr.errors import SdclrError
 from sdclr.pipeline import time_limit
+from sdclr.pipeline.parallel import EPOCH, LOG_DIR
 
-#: where the launcher is written, inside DVC's ignored tmp folder (sdclr.pipeline.parallel.LOG_DIR)
-BIN_DIR = Path(".dvc/tmp/parallel/slurm-bin")
+#: where the launcher is written, inside DVC's ignored tmp folder
+BIN_DIR = LOG_DIR / "slurm-bin"
 #: the job's output files, beside the runner's stage logs
-OUT_DIR = Path(".dvc/tmp/parallel/slurm")
+OUT_DIR = LOG_DIR / "slurm"
 #: seconds between the time-limit warning and the limit: one epoch of a paper's pretraining on a GPU fits
 WARN_S = int(os.environ.get("SDCLR_SLURM_WARN_S", "300"))
 #: seconds between two looks at a job
@@ -59,8 +60,6 @@ UNREACHABLE_S = 300.0
 #: job states after which a job never runs again
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY", "BOOT_FAIL",
          "DEADLINE"}
-#: a pretraining's per-epoch line (the same as sdclr.pipeline.parallel.EPOCH)
-EPOCH = re.compile(r"epoch (\d+)/(\d+)")
 #: the options that ask for GPUs per job, and their count
 GPU_REQUEST = re.compile(r"^(--gres=(?:.*,)?gpu(?::[\w.-]+)?:|--gpus=(?:[\w.-]+:)?|--gpus-per-node=(?:[\w.-]+:)?)(\d+)(.*)$")
 
@@ -167,28 +166,27 @@ class Stage:
 
     def follow(self, job: str) -> tuple[str, int, str]:
         """Stream the job's output until it ends; returns its state, exit status and reason."""
-        offset, last, unreachable_since = 0, None, None
+        offset, last, answered = 0, None, time.monotonic()
         while True:
             info = job_info(job)
+            offset = self.stream(job, offset)
             if info is None:  # the controller did not answer
-                unreachable_since = unreachable_since or time.monotonic()
-                if time.monotonic() - unreachable_since > UNREACHABLE_S:
+                if time.monotonic() - answered > UNREACHABLE_S:
                     raise SdclrError(f"stage {self.name}: the SLURM controller has not answered for "
                                      f"{UNREACHABLE_S:.0f} s about job {job}; check `scontrol ping`, then run the "
                                      f"same command again (its log: {self.log(job)}).")
-            else:
-                unreachable_since = None
-            offset = self.stream(job, offset)
-            state = info.get("JobState", "?") if info else "?"
-            if info and state != last:
+                time.sleep(POLL_S)
+                continue
+            answered = time.monotonic()
+            state = info.get("JobState", "LOST")  # {}: SLURM no longer knows the job
+            if state != last:
                 node = info.get("NodeList", "(null)")
                 self.say(f"job {job} {state}" + (f" on {node}" if node not in ("(null)", "") else ""))
                 last = state
-            if info is not None and (state in ENDED or not info):
+            if state in ENDED or state == "LOST":
                 time.sleep(POLL_S)  # the node may write the last lines after the controller saw the end
                 self.stream(job, offset)
-                code = int(info.get("ExitCode", "0:0").split(":")[0]) if info else 0
-                return (state if info else "LOST"), code, info.get("Reason", "") if info else ""
+                return state, int(info.get("ExitCode", "0:0").split(":")[0]), info.get("Reason", "")
             time.sleep(POLL_S)
 
     def stream(self, job: str, offset: int) -> int:
@@ -293,9 +291,8 @@ def _nproc(argv: list[str]) -> int:
 
 def job_env() -> dict[str, str]:
     """This environment without the launcher on PATH: the job's ``python`` is never the launcher."""
-    mine = str((Path.cwd() / BIN_DIR).resolve())
     path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
-                           if p and Path(p).resolve() != Path(mine) and not p.endswith(str(BIN_DIR)))
+                           if p and not p.rstrip("/").endswith(str(BIN_DIR)))
     return {**os.environ, "PATH": path}
 
 
