@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up, sourced by reproduce.sh and test.sh:
 #  - a local virtual environment .venv with the pinned packages of requirements.txt and this package;
-#  - Debian's dataset-fashion-mnist (the offline copy of Fashion-MNIST) and libtcmalloc-minimal4 (a faster
-#    allocator for the stages) when apt can be used.
+#  - Debian's dataset-fashion-mnist (the offline copy of Fashion-MNIST), libtcmalloc-minimal4 (a faster
+#    allocator for the stages), slurm-wlm and munge (the --slurm tests' real cluster) when apt can be used.
 # Re-running is cheap: the venv is rebuilt only when requirements.txt or pyproject.toml change.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -39,6 +39,9 @@ fi
 apt_packages=()
 [ -d /usr/share/datasets/fashion-mnist ] || apt_packages+=(dataset-fashion-mnist)
 [ -e /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 ] || [ "$(uname -m)" != x86_64 ] || apt_packages+=(libtcmalloc-minimal4)
+# a real one-node SLURM cluster for the --slurm tests (tests/slurm_cluster.py); they skip without it
+command -v slurmctld >/dev/null || apt_packages+=(slurm-wlm)
+command -v munged >/dev/null || apt_packages+=(munge)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     echo "setup: installing Debian's ${apt_packages[*]}..."
