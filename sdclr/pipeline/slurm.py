@@ -16,9 +16,9 @@ file system the nodes share.
   (``--signal=B:USR1@...``, unless the options name a ``--signal`` already); the batch script
   forwards the warning to the stage, a pretraining stops after its current epoch with a
   checkpoint (:mod:`sdclr.pipeline.time_limit`), and the launcher submits the next job, which
-  resumes it. A job killed at its limit without the warning resumes from the last periodic
-  checkpoint. A job that ends at its limit without finishing a new epoch stops the stage in
-  one sentence: the limit is too short.
+  resumes it; other stages ignore the warning. A job killed at its limit without the warning
+  resumes from the last periodic checkpoint. A job that ends at its limit without finishing a
+  new epoch stops the stage in one sentence: the limit is too short.
 - **Faults.** A cancelled job, one lost with its node, one out of memory or one SLURM no
   longer knows ends the stage in one sentence naming the stage, the job and its log; what
   the stage saved is kept and the same command resumes. A failing stage's own error is in
@@ -252,21 +252,39 @@ def job_info(job: str) -> dict[str, str] | None:
 
 
 def batch_script(argv: list[str]) -> str:
-    """The job: the stage's command under this Python, with SLURM's warning passed on to it."""
+    """The job: the stage's command under this Python, with SLURM's warning passed on to it.
+
+    The stage starts with the warning ignored, so a warning that comes before it listens
+    (:func:`sdclr.pipeline.time_limit.listen`, once a pretraining has started) cannot kill it,
+    and a stage that never listens (an evaluation) runs on to its end or its limit. The script
+    passes the warning on once the stage catches it (``SigCgt`` in ``/proc/<pid>/status``), and
+    only once: Python restores the default action while it exits, and a second warning then
+    would kill a stage that has finished its work.
+    """
     command = shlex.join([sys.executable, *argv])
     warning = time_limit.WARNING.name.removeprefix("SIG")
+    bit = time_limit.WARNING.value - 1
     return f"""#!/bin/bash
 # a DVC stage's command, submitted by sdclr.pipeline.slurm
-{command} &
-stage=$!
-trap 'kill -{warning} $stage 2>/dev/null' {warning}
+warned=
+trap 'warned=1' {warning}
 trap 'kill -TERM $stage 2>/dev/null' TERM
-while :; do
-  wait $stage
-  status=$?
-  kill -0 $stage 2>/dev/null || break  # wait returned for a signal, not for the stage's end
+(trap '' {warning}; exec {command}) &
+stage=$!
+while kill -0 $stage 2>/dev/null; do
+  if [ -z "$warned" ]; then
+    wait $stage  # returns at the stage's end, or early for a signal
+    continue
+  fi
+  caught=$(awk '/^SigCgt:/ {{print $2}}' /proc/$stage/status 2>/dev/null)
+  if [ -n "$caught" ] && (( 0x$caught >> {bit} & 1 )); then
+    kill -{warning} $stage 2>/dev/null
+    warned=
+  else
+    sleep 1 & wait $!  # not listening yet (or never: not a pretraining)
+  fi
 done
-exit $status
+wait $stage
 """
 
 
