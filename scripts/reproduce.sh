@@ -6,6 +6,9 @@
 #   bash scripts/reproduce.sh report                  # only what the named stage(s) need
 #   bash scripts/reproduce.sh --slurm --slurm-args "--partition=gpu --time=04:00:00 --gres=gpu:1"
 #                                                     # each stage's work as a SLURM job (sdclr/pipeline/slurm.py)
+#   bash scripts/reproduce.sh -S prune_ratio=0.5 [--name NAME]
+#                                                     # as `dvc exp run -S`, stages side by side, saved with
+#                                                     # `dvc exp save` (sdclr/pipeline/experiment.py)
 # --jobs N: at most N stages at once (default: the cores, or one per visible GPU; 64 jobs with --slurm);
 # --per-gpu K: K stages share each GPU; see sdclr/pipeline/parallel.py. --slurm-args defaults to
 # $SDCLR_SLURM_ARGS.
@@ -17,6 +20,7 @@ per_gpu=1
 targets=()
 dvc_args=()
 slurm=()
+experiment=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --preset) preset="${2:?--preset needs a name, e.g. cifar10_paper}"; shift 2 ;;
@@ -28,10 +32,18 @@ while [ $# -gt 0 ]; do
     --slurm) slurm+=(--slurm); shift ;;
     --slurm-args) slurm+=(--slurm-args "${2?--slurm-args needs sbatch options, e.g. \"--time=04:00:00\"}"); shift 2 ;;
     --slurm-args=*) slurm+=(--slurm-args "${1#--slurm-args=}"); shift ;;
+    -S|--set-param) experiment+=(-S "${2:?-S needs key=value, e.g. prune_ratio=0.5}"); shift 2 ;;
+    --set-param=*) experiment+=(-S "${1#--set-param=}"); shift ;;
+    --name|-n) experiment+=(--name "${2:?--name needs a name}"); shift 2 ;;
+    --name=*) experiment+=(--name "${1#--name=}"); shift ;;
     -*) dvc_args+=("$1"); shift ;;
     *) targets+=("$1"); shift ;;
   esac
 done
+if [ ${#dvc_args[@]} -gt 0 ] && [ ${#experiment[@]} -gt 0 ]; then
+  echo "error: -S runs the stages side by side and cannot be combined with dvc repro's options (${dvc_args[*]}); use \`dvc exp run -S ...\` for those." >&2
+  exit 2
+fi
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 if [ -n "$preset" ]; then
   python -m sdclr.pipeline.presets "$preset"
@@ -40,7 +52,10 @@ if [ ${#dvc_args[@]} -gt 0 ]; then
   dvc repro "${dvc_args[@]}" ${targets[@]+"${targets[@]}"}
 else
   python -m sdclr.pipeline.parallel --jobs "$jobs" --per-gpu "$per_gpu" ${slurm[@]+"${slurm[@]}"} \
-    ${targets[@]+"${targets[@]}"}
+    ${experiment[@]+"${experiment[@]}"} ${targets[@]+"${targets[@]}"}
+fi
+if [ ${#experiment[@]} -gt 0 ]; then
+  exit 0  # an experiment, saved: `dvc exp show` compares it with the committed results
 fi
 # this CPU's kernels, op by op: committed with the report, and what compare explains a difference with
 python -m sdclr.pipeline.fingerprint --out reports/fingerprint.jsonl

@@ -2,6 +2,7 @@
 
     python -m sdclr.pipeline.parallel --jobs 2            # what `bash scripts/reproduce.sh --jobs 2` runs
     python -m sdclr.pipeline.parallel --jobs 4 report     # only what `report` needs
+    python -m sdclr.pipeline.parallel -S prune_ratio=0.5  # as `dvc exp run -S`, the stages side by side
 
 DVC runs one stage at a time, and documents parallel execution as several ``dvc repro``
 processes on independent targets: each holds read/write locks on the paths it touches,
@@ -55,6 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sdclr.errors import SdclrError
+from sdclr.pipeline import experiment
 
 #: what DVC prints when it lost a lock race to another dvc process (repo lock or a path's rwlock)
 LOCK_RACE = re.compile(r"Unable to acquire lock|is busy, it is being blocked by|Lock file .* is locked")
@@ -438,16 +440,29 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--slurm-args", default=None,
                    help="sbatch options for every job, e.g. \"--partition=gpu --time=04:00:00 --gres=gpu:1\" "
                         "(default: $SDCLR_SLURM_ARGS)")
+    p.add_argument("--set-param", "-S", action="append", default=[], metavar="KEY=VALUE",
+                   help="as `dvc exp run -S`: set the param, run, and save the result as a DVC experiment "
+                        "(sdclr/pipeline/experiment.py)")
+    p.add_argument("--name", "-n", default=None, help="the experiment's name with -S (default: DVC's two random words)")
     args = p.parse_args(argv)
     if args.jobs < 0 or args.per_gpu < 1:
         p.error("--jobs must be >= 1 (0 = the default) and --per-gpu >= 1")
     if args.slurm_args is not None and not args.slurm:
         p.error("--slurm-args needs --slurm")
+    if args.name is not None and not args.set_param:
+        p.error("--name needs -S (it names the experiment -S records)")
     slurm_args = args.slurm_args if args.slurm_args is not None else os.environ.get("SDCLR_SLURM_ARGS", "")
     jobs = args.jobs or (SLURM_JOBS if args.slurm else default_jobs(visible_gpus(), args.per_gpu))
     try:
+        if args.set_param:
+            name = args.name or experiment.new_name()
+            experiment.set_params(Path.cwd(), args.set_param)
+            os.environ["DVC_EXP_NAME"] = name  # the stages' MLflow runs carry it, as under `dvc exp run`
         run(Path.cwd(), jobs, args.targets or None, args.per_gpu,
             slurm_args=shlex.split(slurm_args) if args.slurm else None)
+        if args.set_param:
+            print(f"experiment {name} ({' '.join(args.set_param)}): {experiment.save(Path.cwd(), name)}; "
+                  "`dvc exp show` lists it.")
     except SdclrError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
