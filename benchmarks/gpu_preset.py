@@ -98,7 +98,8 @@ def job(args) -> None:
         net = load_encoder(encoder)[0]
         encoder.unlink()  # 45 MB at width 64: the metrics are what comes back
     t1 = time.perf_counter()
-    metrics = evaluate_encoder(net.to(device).eval(), train, test, split, params.evaluate, params.seed, device)
+    metrics = evaluate_encoder(net.to(device).eval(), train, test, split, params.evaluate, params.seed, device,
+                               split_id=args.split)
     metrics.update(method=args.method, split=args.split, dataset=params.data.dataset,
                    numerics=describe(params.numerics, device))
     write_json(out / "metrics" / args.method / f"split{args.split}.json", metrics)

@@ -40,6 +40,15 @@ def _milestones(v):
     return None
 
 
+def _few_shot(v):
+    fractions = [x for x in v if isinstance(x, float)]
+    if (not v or len(set(v)) != len(v) or len(fractions) > 1 or any(not 0 < x < 1 for x in fractions)
+            or any(x < 1 for x in v if isinstance(x, int))):
+        return ("a non-empty list of distinct entries, each images per class (an integer >= 1, e.g. [100, 50]) or "
+                "the split's fraction S_b (one number in (0, 1), e.g. [0.01])")
+    return None
+
+
 def _device(v):
     if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
         return None
@@ -141,8 +150,11 @@ class ProbeParams:
     # features: softmax regression on standardised features extracted once (fast; CPU default).
     # authors:  the SDCLR authors' probe: a linear layer on the frozen backbone, images
     #           re-augmented every epoch (random crop pad 4 + flip), step decay x0.1 at the milestones.
-    protocol: Literal["features", "authors"] = setting(doc="linear probe protocol: features | authors")
-    lr: float = setting(positive(), "linear probe peak learning rate (SGD, momentum 0.9)")
+    # bcl:      BCL's probe (and GH's): Adam on raw features extracted once, lr decayed exponentially
+    #           to final_lr, the last epoch's head reported (no selection on validation).
+    protocol: Literal["features", "authors", "bcl"] = setting(doc="linear probe protocol: features | authors | bcl")
+    lr: float = setting(positive(), "linear probe peak learning rate (SGD with momentum 0.9; bcl: Adam)")
+    final_lr: float = setting(positive(), "bcl protocol: the lr of the last epoch (decayed exponentially from lr)")
     weight_decay: float = setting(non_negative(), "linear probe weight decay")
     batch_size: int = setting(positive("a positive integer"), "linear probe batch size")
     full_shot_epochs: int = setting(positive("a positive integer"), "epochs on the whole balanced pool", deviation="Full-shot probe epochs {ours} instead of {paper}.")
@@ -154,6 +166,10 @@ class ProbeParams:
 @dataclass(frozen=True)
 class EvaluateParams:
     feature_batch_size: int = setting(positive("a positive integer"), "images per feature-extraction batch", recipe=False)
+    few_shot: list[Union[int, float]] = setting(
+        _few_shot, "few-shot probes, the first one headline: a fraction per class (the split's S_b, drawn by "
+        "subsample at subsample.few_shot_fraction) or images per class drawn from the balanced pool, nested",
+        deviation="Few-shot subsets {ours} instead of {paper}.")
     knn_k: int = setting(positive("a positive integer"), "neighbours of the kNN classifier")
     knn_temperature: float = setting(positive(), "temperature of the kNN vote weights exp(sim/T)")
     probe: ProbeParams = setting()
@@ -202,6 +218,14 @@ class Params:
     evaluate: EvaluateParams = setting()
     #: each method's own block by its params.yaml key (``params.sbid`` reads ``blocks["sbid"]``)
     blocks: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=True)
+
+    def __post_init__(self):
+        fraction = next((x for x in self.evaluate.few_shot if isinstance(x, float)), self.subsample.few_shot_fraction)
+        if fraction != self.subsample.few_shot_fraction:
+            raise ParamError(f"evaluate.few_shot = {self.evaluate.few_shot} has the fraction {fraction:g}, but the "
+                             f"split's few-shot subset S_b is drawn at subsample.few_shot_fraction = "
+                             f"{self.subsample.few_shot_fraction:g}; accepted: that fraction, or images per class "
+                             "(e.g. [100, 50]).")
 
     def __getattr__(self, name: str):
         """A method's block as an attribute: ``params.sbid``, ``params.gh``."""

@@ -6,12 +6,17 @@ shuffles, the authors' crops) comes from a CPU generator and is moved to the dev
 a GPU sees the same draws as the CPU and differs from it only by floating point.
 
 Protocol (docs/recipes.md): dense branch, dense BN, eval mode. Probes are trained on the
-balanced train pool (full-shot) and on the 1 %-per-class subset S_b (few-shot); the
-epoch is chosen on the validation hold-out and the test set of the official split is
-reported. Two probe protocols (``evaluate.probe.protocol``): ``features`` (the CPU
-default, a documented deviation) extracts features once without augmentation and
-standardises them, so the probe is a fast convex problem; ``authors`` is the SDCLR
-authors' probe (:func:`authors_probe`), for the paper presets.
+balanced train pool (full-shot) and on few-shot subsets of it (``evaluate.few_shot``): the
+split's 1 %-per-class S_b, or so many images per class (:func:`few_shot_subsets`, BCL's
+100- and 50-shot); the test set of the official split is reported. Three probe protocols
+(``evaluate.probe.protocol``), each the one a paper published its numbers with:
+
+- ``features`` (the CPU default, a documented deviation) extracts features once without
+  augmentation and standardises them, so the probe is a fast convex problem; the epoch is
+  chosen on the validation hold-out;
+- ``authors``: the SDCLR authors' probe (:func:`authors_probe`, ``presets/cifar10_paper.yaml``),
+  the epoch chosen on validation as theirs is;
+- ``bcl``: BCL's probe (:func:`bcl_probe`, ``presets/cifar100_paper.yaml``), the last epoch's head.
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from sdclr.config import EvaluateParams, ProbeParams
+from sdclr.errors import ConfigError
 from sdclr.data.device_data import to_device_uint8
 from sdclr.data.longtail import groups_of
-from sdclr.metrics import group_report, per_class_accuracy
+from sdclr.metrics import few_shot_label, few_shot_name, group_report, per_class_accuracy, probe_kinds
 
 #: the params an evaluate stage reads (dvc.yaml lists them; ``evaluate-random`` adds ``model``,
 #: the architecture of its untrained encoder, which the others read from the encoder file)
@@ -143,6 +149,61 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, heldout: Heldout,
     return selection.result()
 
 
+def bcl_head(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, probe: ProbeParams, epochs: int,
+             generator: torch.Generator) -> torch.nn.Linear:
+    """BCL's linear probe, trained: Adam on the raw frozen features (no standardisation, no
+    augmentation), lr decayed exponentially from ``probe.lr`` to ``probe.final_lr`` over the
+    epochs (stepped once per epoch), a fresh shuffle every epoch (MediaBrain-SJTU/BCL
+    eval_cifar.py, docs/recipes.md). PyTorch's default init of the layer, U(±1/√dim) for the
+    weights and the bias, drawn from ``generator``; the head has the features' dtype and device.
+    """
+    dim, n = train_x.shape[1], len(train_x)
+    bound = 1 / math.sqrt(dim)
+    head = torch.nn.Linear(dim, num_classes, dtype=train_x.dtype)
+    with torch.no_grad():
+        head.weight.uniform_(-bound, bound, generator=generator)
+        head.bias.uniform_(-bound, bound, generator=generator)
+    head = head.to(train_x.device)
+    opt = torch.optim.Adam(head.parameters(), lr=probe.lr, weight_decay=probe.weight_decay)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=(probe.final_lr / probe.lr) ** (1 / epochs))
+    bs = min(probe.batch_size, n)
+    for _ in range(epochs):
+        for idx in torch.randperm(n, generator=generator).to(train_x.device).split(bs):
+            _probe_step(head, opt, train_x[idx], train_y[idx])
+        sched.step()
+    return head
+
+
+@torch.no_grad()
+def bcl_probe(train_x: torch.Tensor, train_y: torch.Tensor, heldout: Heldout, probe: ProbeParams, epochs: int,
+              seed: int) -> ProbeResult:
+    """BCL's probe (:func:`bcl_head`) scored as BCL scores it: the last epoch's head on the test
+    set, no model selection; its validation accuracy is recorded, not used."""
+    with torch.enable_grad():
+        head = bcl_head(train_x, train_y, heldout.num_classes, probe, epochs, torch.Generator().manual_seed(seed))
+    val = _balanced_accuracy(head(heldout.val_x), heldout.val_y, heldout.num_classes)
+    return ProbeResult(best_epoch=epochs, val_accuracy=val, test_pred=head(heldout.test_x).argmax(1).cpu().numpy(),
+                       val_curve=[val])
+
+
+def few_shot_subsets(pool: np.ndarray, labels: np.ndarray, shots: list[int], seed: int, split: int) -> dict[int, np.ndarray]:
+    """{n: sorted train-set indices of n images per class of the balanced ``pool``}, nested.
+
+    One random order of each class's pool images per (seed, split); each subset is its first
+    n images, so the 50-shot subset lies inside the 100-shot one and a re-run draws the same.
+    A class with fewer than n pool images is one sentence.
+    """
+    rng = np.random.default_rng([seed, split, 0x5107])  # a stream of its own: no other draw shifts it
+    pool_labels = labels[pool]
+    orders = [rng.permutation(pool[pool_labels == c]) for c in range(int(labels.max()) + 1)]
+    short = min(orders, key=len)
+    if max(shots) > len(short):
+        raise ConfigError(f"evaluate.few_shot asks for {max(shots)} images per class, but class "
+                          f"{int(labels[short[0]]) if len(short) else '?'} has only {len(short)} in the balanced pool; "
+                          f"accepted: at most {len(short)} (or raise subsample.pool_per_class).")
+    return {n: np.sort(np.concatenate([order[:n] for order in orders])) for n in shots}
+
+
 def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
     """Per-sample RandomCrop(size, padding=pad, zero fill) + horizontal flip of a float NCHW batch.
 
@@ -221,11 +282,12 @@ def full_fp32():
 
 
 def evaluate_encoder(net, train: dict, test: dict, split: dict, eval_params: EvaluateParams, seed: int,
-                     device: torch.device, log=print) -> dict:
+                     device: torch.device, log=print, split_id: int = 0) -> dict:
     """All probes of one encoder on one split → metrics dict (see module docstring), in fp32.
 
     ``train`` and ``test`` are the dataset's parts (``images`` uint8 N×H×W×C, ``labels``);
-    ``split`` the split's index arrays (:func:`sdclr.data.longtail.load_split`).
+    ``split`` the split's index arrays (:func:`sdclr.data.longtail.load_split`) and ``split_id``
+    its id, which seeds the few-shot draws per class.
     """
     images_train, labels_train, labels_test = train["images"], train["labels"], test["labels"]
     groups = groups_of(split["class_order"])
@@ -239,35 +301,43 @@ def evaluate_encoder(net, train: dict, test: dict, split: dict, eval_params: Eva
         feats_test = extract_features(net, test["images"], device, bs)
         y_pool = torch.from_numpy(labels_train[pool]).to(device)
         heldout = Heldout(feats_val, torch.from_numpy(labels_train[val]).to(device), feats_test, num_classes)
-        few_pos = torch.from_numpy(np.searchsorted(pool, fewshot)).to(device)  # S_b ⊂ pool: its rows in the pool features
 
         out = {"num_classes": num_classes, "groups": groups, "feature_dim": int(feats_pool.shape[1])}
         p = eval_params.probe
-        settings = {  # name: (train-set indices into the train images, their positions in the pool, epochs, milestones)
-            "full_shot": (pool, slice(None), p.full_shot_epochs, p.full_shot_milestones),
-            "few_shot": (np.asarray(fewshot), few_pos, p.few_shot_epochs, p.few_shot_milestones),
-        }
-        for name, (rows, in_pool, epochs, milestones) in settings.items():
+        shots = [e for e in eval_params.few_shot if isinstance(e, int)]
+        drawn = few_shot_subsets(pool, labels_train, shots, seed, split_id) if shots else {}
+        settings = {  # name: (train-set indices into the train images, epochs, milestones, subset)
+            "full_shot": (pool, p.full_shot_epochs, p.full_shot_milestones, None)}
+        for i, entry in enumerate(eval_params.few_shot):
+            rows = np.asarray(fewshot) if isinstance(entry, float) else drawn[entry]
+            settings[few_shot_name(entry, i == 0)] = (rows, p.few_shot_epochs, p.few_shot_milestones, entry)
+        for name, (rows, epochs, milestones, entry) in settings.items():
             log(f"linear probe {name} ({p.protocol}): {len(rows)} training images, {epochs} epochs")
+            in_pool = torch.from_numpy(np.searchsorted(pool, rows)).to(device)  # subsets ⊂ pool: their feature rows
             if p.protocol == "authors":
                 res = authors_probe(net, images_train[rows], labels_train[rows], heldout, p, epochs, milestones, seed,
                                     device)
+            elif p.protocol == "bcl":
+                res = bcl_probe(feats_pool[in_pool], y_pool[in_pool], heldout, p, epochs, seed)
             else:
                 res = linear_probe(feats_pool[in_pool], y_pool[in_pool], heldout, p, epochs, seed)
             pc = per_class_accuracy(res.test_pred, labels_test, num_classes)
             out[name] = {**group_report(pc, groups), "best_epoch": res.best_epoch,
-                         "val_accuracy": res.val_accuracy, "train_size": len(rows), "val_curve": res.val_curve}
+                         "val_accuracy": res.val_accuracy, "train_size": len(rows), "val_curve": res.val_curve,
+                         **({} if entry is None else {"subset": few_shot_label(entry)})}
         pred = knn_predict(feats_pool, y_pool, feats_test, num_classes, eval_params.knn_k, eval_params.knn_temperature)
         out["knn"] = {**group_report(per_class_accuracy(pred, labels_test, num_classes), groups),
                       "k": eval_params.knn_k}
+        out["protocol"] = {"probe": p.protocol, "few_shot": list(eval_params.few_shot)}
         return out
 
 
 def flat_metrics(metrics: dict) -> dict[str, float]:
     """The headline numbers of :func:`evaluate_encoder`'s result as flat MLflow metric names."""
     flat = {}
-    for kind in ("full_shot", "few_shot", "knn"):
+    for kind in probe_kinds(metrics):
         flat[f"{kind}_accuracy"] = metrics[kind]["accuracy"]
         flat[f"{kind}_balancedness"] = metrics[kind]["balancedness"]
         flat.update({f"{kind}_{g}": acc for g, acc in metrics[kind]["groups"].items()})
     return flat
+

@@ -62,7 +62,8 @@ def main(params, args):
     with tracking.Run(experiment, f"evaluate-{args.method}-split{args.split}", logged, tags, "stages/evaluate.py",
                       parent_run_id=parent) as run:
         t0 = time.perf_counter()
-        metrics = evaluate_encoder(net.to(device).eval(), train, test, split, params.evaluate, params.seed, device)
+        metrics = evaluate_encoder(net.to(device).eval(), train, test, split, params.evaluate, params.seed, device,
+                                  split_id=args.split)
         metrics.update(method=args.method, split=args.split, dataset=params.data.dataset, numerics=machine["numerics"])
         write_json(args.out, metrics)
         seconds = time.perf_counter() - t0

@@ -33,7 +33,8 @@ from tests.dvc_project import ROOT, run_in_process, stage_command
 from tests.test_sources import _batch, _md5s
 
 CLASSES = ("ant", "bee", "cat", "dog")
-REFERENCE = PaperReference("A made-up table", ("all",), {"simclr": ("50.0",), "sdclr": ("60.0",)})
+REFERENCE = PaperReference("A made-up table", ("all",), {"simclr": ("50.0",), "sdclr": ("60.0",)},
+                           measures=(("full_shot", "accuracy"),), protocol={"pretrain.epochs": 777})
 
 
 def _idx(array: np.ndarray) -> bytes:
@@ -135,10 +136,12 @@ def test_a_new_dataset_is_one_row_and_its_preset(tmp_path, monkeypatch, raw_para
     assert raw.meta["checksum_kind"] == row.checksum_kind and set(raw.meta["checksums"]) <= set(row.checksums)
 
     params = parse_params(raw_params)
-    if row.paper_reference:
-        assert reference_section("tiny")[:4] == ["## Reference: A made-up table", "", "| method | all |", "|---|---|"]
+    if row.paper_reference:  # another epoch count than the made-up paper's: its table, not subtracted
+        section = reference_section(params, {})
+        assert section[:2] == ["## Reference: A made-up table", ""] and section[4:6] == ["| method | all |", "|---|---|"]
+        assert section[2].startswith("Not subtracted from ours") and "`pretrain.epochs` = " in section[2]
     else:
-        assert reference_section("tiny") == []
+        assert reference_section(params, {}) == []
     said = deviations(params, presets)
     if row.recipe_preset == "cifar10_paper":
         assert said[0] == "Dataset: tiny instead of cifar10; its 8 x 8 images are a quarter of CIFAR's side."

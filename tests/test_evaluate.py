@@ -55,7 +55,7 @@ def _separable(n_per_class=60, classes=5, dim=16, seed=0):
 
 
 def _probe(lr=0.1, batch_size=64) -> ProbeParams:
-    return ProbeParams(protocol="features", lr=lr, weight_decay=0.0, batch_size=batch_size, full_shot_epochs=1,
+    return ProbeParams(protocol="features", lr=lr, final_lr=1e-6, weight_decay=0.0, batch_size=batch_size, full_shot_epochs=1,
                        few_shot_epochs=1, full_shot_milestones=[], few_shot_milestones=[])
 
 
@@ -164,7 +164,7 @@ def _tiny_evaluation(device: torch.device) -> dict:
     split = {"pool": np.arange(0, 240, 2), "val": np.arange(1, 240, 2), "fewshot": np.arange(0, 240, 8)}
     probe = SimpleNamespace(protocol="features", lr=0.1, weight_decay=0.0, batch_size=32, full_shot_epochs=5,
                             few_shot_epochs=8, full_shot_milestones=[], few_shot_milestones=[])
-    params = SimpleNamespace(feature_batch_size=64, knn_k=10, knn_temperature=0.1, probe=probe)
+    params = SimpleNamespace(feature_batch_size=64, few_shot=[0.01], knn_k=10, knn_temperature=0.1, probe=probe)
     split["class_order"] = np.arange(3)
     data = {"images": images, "labels": y}
     return evaluate_encoder(net, data, data, split, params, seed=0, device=device, log=lambda m: None)
@@ -207,7 +207,7 @@ def test_the_features_probe_is_softmax_regression_with_sgd_momentum_and_a_cosine
     y, vy = torch.arange(4).repeat_interleave(30), torch.arange(4).repeat_interleave(100)  # probe whose validation
     x = (centres[y] + 1.5 * torch.randn(120, 16, generator=g)) * scale + 7.0  # accuracy moves with the lr, its
     vx = (centres[vy] + 1.5 * torch.randn(400, 16, generator=g)) * scale + 7.0  # schedule and the weight decay
-    probe = ProbeParams(protocol="features", lr=0.005, weight_decay=1.0, batch_size=32, full_shot_epochs=1,
+    probe = ProbeParams(protocol="features", lr=0.005, final_lr=1e-6, weight_decay=1.0, batch_size=32, full_shot_epochs=1,
                         few_shot_epochs=1, full_shot_milestones=[], few_shot_milestones=[])
     res = linear_probe(x, y, Heldout(vx, vy, vx, 4), probe, epochs=5, seed=3)
     expected = linear_probe_curve(x, y, vx, vy, 4, epochs=5, lr=0.005, weight_decay=1.0, batch_size=32, seed=3)
@@ -262,9 +262,9 @@ def test_the_authors_protocol_trains_through_the_frozen_backbone_on_each_setting
     images = (40 + 80 * y[:, None, None, None] + rng.integers(0, 20, (180, 12, 12, 1))).astype(np.uint8)
     split = {"pool": np.arange(0, 180, 2), "val": np.arange(1, 180, 2), "fewshot": np.arange(0, 180, 6),
              "class_order": np.arange(3)}
-    probe = ProbeParams(protocol="authors", lr=1.0, weight_decay=0.0, batch_size=32, full_shot_epochs=4,
+    probe = ProbeParams(protocol="authors", lr=1.0, final_lr=1e-6, weight_decay=0.0, batch_size=32, full_shot_epochs=4,
                         few_shot_epochs=6, full_shot_milestones=[3], few_shot_milestones=[4])
-    params = SimpleNamespace(feature_batch_size=64, knn_k=5, knn_temperature=0.1, probe=probe)
+    params = SimpleNamespace(feature_batch_size=64, few_shot=[0.01], knn_k=5, knn_temperature=0.1, probe=probe)
     data = {"images": images, "labels": y}
     metrics = evaluate_encoder(net, data, data, split, params, seed=0, device=torch.device("cpu"), log=lambda m: None)
     assert metrics["full_shot"]["train_size"] == 90 and metrics["few_shot"]["train_size"] == 30

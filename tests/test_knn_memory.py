@@ -51,11 +51,11 @@ def test_the_knn_memory_is_the_balanced_pool_not_the_few_shot_subset(raw_params)
 
     torch.manual_seed(0)
     net = build_model(8, 1, [0.5], [0.25], HeadSpec(2, 16, 8)).eval()
-    probe = ProbeParams(protocol="features", lr=0.1, weight_decay=0.0, batch_size=32, full_shot_epochs=1,
+    probe = ProbeParams(protocol="features", lr=0.1, final_lr=1e-6, weight_decay=0.0, batch_size=32, full_shot_epochs=1,
                         few_shot_epochs=1, full_shot_milestones=[], few_shot_milestones=[])
     k, temperature = raw_params["evaluate"]["knn_k"], raw_params["evaluate"]["knn_temperature"]
     assert k > len(split["pool"])  # the default k: the whole pool votes (S_b alone would be 30 votes)
-    params = SimpleNamespace(feature_batch_size=64, knn_k=k, knn_temperature=temperature, probe=probe)
+    params = SimpleNamespace(feature_batch_size=64, few_shot=[0.01], knn_k=k, knn_temperature=temperature, probe=probe)
     cpu = torch.device("cpu")
     metrics = evaluate_encoder(net, train, test, split, params, seed=0, device=cpu, log=lambda m: None)
 

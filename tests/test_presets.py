@@ -22,9 +22,10 @@ def params_copy(tmp_path):
     return dest
 
 
-@pytest.mark.parametrize("name,dataset,classes,train_per_class,total_lt", [("cifar10_paper", "cifar10", 10, 5000, 11_165),
-                                                                          ("cifar100_paper", "cifar100", 100, 500, 9_754)])
-def test_paper_presets_apply_and_validate(params_copy, name, dataset, classes, train_per_class, total_lt):
+@pytest.mark.parametrize("name,dataset,classes,train_per_class,total_lt,evaluation", [
+    ("cifar10_paper", "cifar10", 10, 5000, 11_165, ("authors", 30.0, 0.0, 128, [0.01])),  # SDCLR's own
+    ("cifar100_paper", "cifar100", 100, 500, 9_754, ("bcl", 0.01, 5e-6, 1000, [100, 50]))])  # BCL's, its table's
+def test_paper_presets_apply_and_validate(params_copy, name, dataset, classes, train_per_class, total_lt, evaluation):
     assert name in available()
     changed = apply_preset(name, params_copy)
     p = load_params(params_copy)
@@ -33,7 +34,8 @@ def test_paper_presets_apply_and_validate(params_copy, name, dataset, classes, t
     assert p.subsample.splits == [0, 1, 2, 3, 4] and p.subsample.n_max is None
     pool = train_per_class - p.subsample.val_per_class  # n_max = null: the per-class pool
     assert sum(longtail_counts(pool, p.subsample.imbalance_ratio, classes)) == total_lt  # the preset's comment
-    assert (p.evaluate.probe.protocol, p.evaluate.probe.lr, p.evaluate.probe.batch_size) == ("authors", 30.0, 128)
+    probe = p.evaluate.probe
+    assert (probe.protocol, probe.lr, probe.weight_decay, probe.batch_size, p.evaluate.few_shot) == evaluation
     assert p.prune_ratio == 0.9
     text = params_copy.read_text()
     assert "# the single source of every hyperparameter" in text.lower()  # the user's comments survive

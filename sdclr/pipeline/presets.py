@@ -59,11 +59,13 @@ def apply_preset(name: str, params_path: Path = Path("params.yaml"), preset_dir:
     """Merge preset ``name`` into ``params_path`` (validated, atomic); returns the changed keys."""
     from ruamel.yaml import YAML
 
-    preset = yaml.safe_load(_preset_path(name, preset_dir).read_text()) or {}
-    if not isinstance(preset, dict):
-        raise ConfigError(f"preset {name!r}: the file must be a YAML mapping of params.yaml keys.")
     rt = YAML()  # round-trip: keeps the comments and key order of the user's params.yaml
     rt.preserve_quotes = True
+    # read round-trip too, so a value keeps the preset's spelling: 0.000005 written back as
+    # 5e-06 would be a string to PyYAML (YAML 1.1 wants a dot in a float)
+    preset = rt.load(_preset_path(name, preset_dir).read_text()) or {}
+    if not isinstance(preset, dict):
+        raise ConfigError(f"preset {name!r}: the file must be a YAML mapping of params.yaml keys.")
     try:
         doc = rt.load(Path(params_path).read_text())
     except FileNotFoundError:

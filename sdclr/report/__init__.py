@@ -39,7 +39,9 @@ import pandas as pd
 
 from sdclr.config import as_flat_dict
 from sdclr.methods import METHODS, method_class
-from sdclr.report.aggregate import KINDS, aggregate, load_metrics, load_per_image, loss_table, scores, write_scores
+from sdclr.metrics import few_shot_label
+from sdclr.report.aggregate import (aggregate, load_metrics, load_per_image, loss_table, probe_titles, scores,
+                                    write_scores)
 from sdclr.report.claims import compare, undecided_section, verdict_sections
 from sdclr.report.figures import plot_class_counts, plot_group_bars, plot_loss_curves, plot_paired_differences
 from sdclr.report.markdown import markdown_table, numerics_note, reference_section, uncertainty_note
@@ -55,6 +57,20 @@ def method_sections(methods: list[str], per_image: pd.DataFrame, params, figures
     return md
 
 
+def few_shot_words(few_shot: list, fewshot_total: int) -> str:
+    """The few-shot subsets the probes trained on, in words (the split's S_b with its size)."""
+    if few_shot == [few_shot[0]] and isinstance(few_shot[0], float):
+        return f"its few-shot subset ({fewshot_total} images)"
+    named = [f"S_b ({fewshot_total} images)" if isinstance(e, float) else few_shot_label(e) for e in few_shot]
+    return f"its few-shot subsets ({', '.join(named)}; nested, the first one headline)"
+
+
+def selection_words(protocol: str, val_total: int) -> str:
+    if protocol == "bcl":
+        return f"the last epoch's head as in BCL's protocol (the validation hold-out of {val_total} images not used)"
+    return f"epoch chosen on the validation hold-out ({val_total} images)"
+
+
 def write_report(metrics_root: Path, history_root: Path, splits_summary: Path, params, out_dir: Path,
                  deviations: list[str]) -> dict:
     """scores/<method>.json, summary.json, pretrain_loss.csv, report.md and figures/*.png under
@@ -62,10 +78,11 @@ def write_report(metrics_root: Path, history_root: Path, splits_summary: Path, p
     methods = [m for m in METHODS if m in params.methods]  # the report's order: the registry's
     df = load_metrics(metrics_root, ("random", *methods))
     agg = aggregate(df)
+    titles = probe_titles(df)
     paired = compare(df)
     figures = out_dir / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    plot_group_bars(agg, figures / "group_accuracy.png")
+    plot_group_bars(agg, figures / "group_accuracy.png", titles)
     has_loss = plot_loss_curves(history_root, figures / "pretrain_loss.png")
     summary = json.loads(Path(splits_summary).read_text())
     plot_class_counts(summary, figures / "class_counts.png")
@@ -80,20 +97,21 @@ def write_report(metrics_root: Path, history_root: Path, splits_summary: Path, p
         "",
         f"Long-tail subsets: imbalance ratio {summary['imbalance_ratio']:g}, {lt['longtail_total']} images per split, "
         f"{n_splits} split(s) evaluated; probes trained on the balanced pool ({summary['pool_total']} images) "
-        f"or its few-shot subset ({lt['fewshot_total']} images), epoch chosen on the validation hold-out "
-        f"({summary['val_total']} images), reported on the official test set. Accuracy is the mean of per-class "
-        "accuracies (%); groups are the long-tail Major/Moderate/Minor classes; mean ± sample std over splits.",
+        f"or {few_shot_words(params.evaluate.few_shot, lt['fewshot_total'])}, "
+        f"{selection_words(params.evaluate.probe.protocol, summary['val_total'])}, reported on the official test "
+        "set. Accuracy is the mean of per-class accuracies (%); groups are the long-tail Major/Moderate/Minor "
+        "classes; mean ± sample std over splits.",
         "",
         *numerics_note(df),
         *uncertainty_note(n_splits),
     ]
-    for kind, title in KINDS.items():
+    for kind, title in titles.items():
         md += [f"## {title}", "", markdown_table(agg, kind), ""]
     plot_paired_differences(paired, figures / "paired_differences.png")
     md += verdict_sections(paired, figures / "paired_differences.png")
     md += undecided_section(paired, n_splits)
     md += method_sections(methods, load_per_image(history_root), params, figures)
-    md += reference_section(params.data.dataset)
+    md += reference_section(params, agg)
     md += ["## Figures", "", "![group accuracy](figures/group_accuracy.png)", ""]
     if has_loss:
         md += ["![pretraining loss](figures/pretrain_loss.png)", ""]

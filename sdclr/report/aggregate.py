@@ -15,10 +15,22 @@ import numpy as np
 import pandas as pd
 
 from sdclr.errors import DataError
+from sdclr.metrics import probe_kinds
 from sdclr.methods import METHODS
 from sdclr.storage.io import write_bytes
 
-KINDS = {"full_shot": "Linear probe, full-shot", "few_shot": "Linear probe, few-shot (1 % per class)", "knn": "kNN"}
+#: the probes every run has, one panel each in the group-accuracy figure; ``few_shot`` is the
+#: first of ``evaluate.few_shot`` (further subsets get tables of their own: :func:`probe_titles`)
+HEADLINE = ("full_shot", "few_shot", "knn")
+
+
+def probe_title(kind: str, subset: str | None) -> str:
+    """A probe's table title: ``Linear probe, few-shot (100 per class)``."""
+    if kind == "full_shot":
+        return "Linear probe, full-shot"
+    if kind == "knn":
+        return "kNN"
+    return f"Linear probe, few-shot ({subset or '1 % per class'})"  # files from before the subset was recorded
 
 
 GROUPS = ("major", "moderate", "minor")
@@ -35,10 +47,11 @@ def load_metrics(metrics_root: Path, methods: tuple[str, ...] | None = None) -> 
         if methods is not None and path.parent.name not in methods:
             continue
         m = json.loads(path.read_text())
-        for kind in KINDS:
+        for order, kind in enumerate(probe_kinds(m)):
             r = m[kind]
             rows.append({
                 "method": m["method"], "split": m["split"], "kind": kind, "numerics": m.get("numerics", "not recorded"),
+                "title": probe_title(kind, r.get("subset")), "order": order,
                 "accuracy": r["accuracy"], "balancedness": r["balancedness"],
                 **{g: r["groups"][g] for g in GROUPS},
             })
@@ -66,6 +79,12 @@ def round_p(p: float | None) -> float | None:
 def _std(values: pd.Series) -> float | None:
     """Sample std over splits; None with one split (no spread can be measured from one draw)."""
     return round_fraction(values.std(ddof=1)) if len(values) >= 2 else None
+
+
+def probe_titles(df: pd.DataFrame) -> dict[str, str]:
+    """{kind: table title} of the probes in ``df``, in the report's order (full-shot, few-shot subsets, kNN)."""
+    firsts = df.sort_values("order", kind="stable").drop_duplicates("kind")
+    return dict(zip(firsts["kind"], firsts["title"]))
 
 
 def aggregate(df: pd.DataFrame) -> dict:

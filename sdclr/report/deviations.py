@@ -16,9 +16,17 @@ from sdclr.config import PRESET_DIR, fields_flat
 from sdclr.data.datasets import DATASETS
 from sdclr.methods import METHODS, method_class
 
-#: the probe's own settings, compared only when ours is the authors' probe too
-AUTHORS_PROBE = {"evaluate.probe.lr", "evaluate.probe.weight_decay", "evaluate.probe.batch_size",
-                 "evaluate.probe.full_shot_milestones", "evaluate.probe.few_shot_milestones"}
+#: the probe's own settings, compared only when ours is the paper's protocol too
+PROBE_SETTINGS = {"evaluate.probe.lr", "evaluate.probe.final_lr", "evaluate.probe.weight_decay",
+                  "evaluate.probe.batch_size", "evaluate.probe.full_shot_epochs", "evaluate.probe.few_shot_epochs",
+                  "evaluate.probe.full_shot_milestones", "evaluate.probe.few_shot_milestones"}
+
+
+def _protocol_words(protocol: str, lr: float) -> str:
+    return {"features": f"Linear probe on standardised features extracted once without augmentation (SGD, lr {lr})",
+            "authors": "the authors' probe (lr 30, random crop + flip through the frozen backbone)",
+            "bcl": "BCL's probe (Adam on raw frozen features, lr 0.01 decayed to 1e-6 over 500 epochs, the last "
+                   "epoch's head)"}[protocol]
 
 
 def deviations(params, preset_dir: Path | None = None) -> list[str]:
@@ -38,14 +46,13 @@ def deviations(params, preset_dir: Path | None = None) -> list[str]:
     if params.data.dataset != paper["data.dataset"]:
         out.append(f"Dataset: {params.data.dataset} instead of {paper['data.dataset']}"
                    + (f"; {dataset.deviation}." if dataset.deviation else "."))
-    skip = AUTHORS_PROBE if params.evaluate.probe.protocol != "authors" else set()
+    skip = PROBE_SETTINGS if params.evaluate.probe.protocol != paper["evaluate.probe.protocol"] else set()
     for key, theirs in paper.items():
         if key in skip or not fields[key][1]["recipe"] or ours[key] == theirs:
             continue
         if key == "evaluate.probe.protocol":
-            out.append(f"Linear probe on standardised features extracted once without augmentation (SGD, lr "
-                       f"{params.evaluate.probe.lr}) instead of the authors' probe (lr 30, random crop + flip through "
-                       "the frozen backbone).")
+            mine = _protocol_words(ours[key], params.evaluate.probe.lr)
+            out.append(f"{mine[0].upper()}{mine[1:]} instead of {_protocol_words(theirs, paper['evaluate.probe.lr'])}.")
         else:
             wording = fields[key][1]["deviation"] or "`{key}` = {ours} instead of {paper}."
             out.append(wording.format(key=key, ours=ours[key], paper=theirs))

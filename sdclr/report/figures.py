@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sdclr.report.aggregate import GROUPS, KINDS, pct, reported_methods
+from sdclr.report.aggregate import GROUPS, HEADLINE, pct, reported_methods
 from sdclr.report.claims import SHORT_KIND, tested
 from sdclr.stats import AGREES, DISAGREES, INCONCLUSIVE
 from sdclr.storage.io import atomic_path
@@ -89,15 +89,16 @@ def legend_outside(fig, ax, ncol: int) -> None:
     fig.legend(handles, labels, loc="upper center", ncol=ncol, fontsize=8, frameon=False, bbox_to_anchor=(0.5, 1.0))
 
 
-def plot_group_bars(agg: dict, path: Path) -> None:
-    """Accuracy per group and probe; y zoomed to the data; error bars (± std) only with ≥ 2 splits."""
+def plot_group_bars(agg: dict, path: Path, titles: dict[str, str]) -> None:
+    """Accuracy per group and headline probe (``titles``: their titles); y zoomed to the data;
+    error bars (± std) only with ≥ 2 splits."""
     plt = pyplot()
     methods = reported_methods(agg)
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), sharey=True)
     width = 0.8 / max(1, len(methods))
     cols = ("accuracy", *GROUPS)
     lows, highs = [], []
-    for ax, kind in zip(axes, KINDS):
+    for ax, kind in zip(axes, HEADLINE):
         for i, m in enumerate(methods):
             e = agg[m][kind]
             means = np.array([pct(e[f"{c}_mean"]) for c in cols])
@@ -107,11 +108,11 @@ def plot_group_bars(agg: dict, path: Path) -> None:
             highs.append((means + (0 if stds is None else stds)).max())
         ax.set_xticks(np.arange(4) + width * (len(methods) - 1) / 2)
         ax.set_xticklabels(["all", *GROUPS])
-        ax.set_title(KINDS[kind], fontsize=10)
+        ax.set_title(titles[kind], fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     pad = max(1.0, 0.08 * (max(highs) - min(lows)))
     axes[0].set_ylim(max(0.0, min(lows) - pad), min(100.0, max(highs) + pad))
-    n_splits = max(agg[m][k]["splits"] for m in methods for k in KINDS)
+    n_splits = max(agg[m][k]["splits"] for m in methods for k in HEADLINE)
     axes[0].set_ylabel("test accuracy (%)" + (", ± std over splits" if n_splits >= 2 else ", one split"))
     legend_outside(fig, axes[0], len(methods))
     fig.tight_layout(rect=(0, 0, 1, 0.92))

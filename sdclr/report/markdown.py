@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from sdclr.config import param
 from sdclr.data.datasets import DATASETS
 from sdclr.report.aggregate import GROUPS, pct, pm, reported_methods
 from sdclr.stats import CONFIDENCE
@@ -45,12 +46,35 @@ def uncertainty_note(n_splits: int) -> list[str]:
             "width on a GPU) or `dvc exp run -S 'subsample.splits=[0,1,2,3,4]'` on this configuration.", ""]
 
 
-def reference_section(dataset: str) -> list[str]:
-    """Published numbers for the same dataset only (its row's); nothing beside other datasets' results."""
+def reference_section(params, agg: dict) -> list[str]:
+    """Published numbers for the same dataset only, and beside them ours with the difference
+    when this run shares the paper's protocol and settings (the row's ``protocol``); when it
+    does not, the paper's table alone and the keys that differ: no subtraction across protocols."""
+    dataset = params.data.dataset
     ref = DATASETS[dataset].paper_reference if dataset in DATASETS else None
     if ref is None:
         return []
-    md = [f"## Reference: {ref.title}", "", "| method | " + " | ".join(ref.columns) + " |",
-          "|" + "---|" * (len(ref.columns) + 1)]
-    md += [f"| {m} | " + " | ".join(cells) + " |" for m, cells in ref.rows.items()]
+    md = [f"## Reference: {ref.title}", ""]
+    differ = [f"`{key}` = {param(params, key)} (paper: {theirs})" for key, theirs in ref.protocol.items()
+              if param(params, key) != theirs]
+    if differ:
+        md += ["Not subtracted from ours: this run's evaluation protocol or settings differ from the paper's ("
+               + "; ".join(differ) + f"). `bash scripts/reproduce.sh --preset {DATASETS[dataset].recipe_preset}` "
+               "runs the paper's.", "", "| method | " + " | ".join(ref.columns) + " |",
+               "|" + "---|" * (len(ref.columns) + 1)]
+        md += [f"| {m} | " + " | ".join(cells) + " |" for m, cells in ref.rows.items()]
+        return md + [""]
+    md += ["Like for like: this run uses the paper's protocol and settings ("
+           + ", ".join(f"`{k}` = {v}" for k, v in ref.protocol.items()) + "). Ours is the mean ± sample std over "
+           "this run's splits (%), the paper's as published; the difference is ours minus the paper's, in points.",
+           "", "| method | measure | paper | ours | splits | ours − paper |", "|---|---|---|---|---|---|"]
+    for method, cells in ref.rows.items():
+        for column, (kind, field), cell in zip(ref.columns, ref.measures, cells):
+            entry = agg.get(method, {}).get(kind)
+            if entry is None:
+                md.append(f"| {method} | {column} | {cell} | not run | 0 | — |")
+                continue
+            diff = pct(entry[f"{field}_mean"]) - float(cell.split("±")[0])
+            md.append(f"| {method} | {column} | {cell} | {pm(entry[f'{field}_mean'], entry[f'{field}_std'])} | "
+                      f"{entry['splits']} | {diff:+.2f} |")
     return md + [""]
