@@ -9,7 +9,8 @@ status` clean but for the machine-dependent reports/cost.json, and fills its own
 store with every row of the report, checked through a real `mlflow server`'s REST API (and
 a headless-Chromium screenshot of the runs table in test-artifacts/); and that a queued
 `-S prune_ratio=...` sweep run by two workers re-runs only SDCLR's stages and the report
-(not SimCLR's or sbid's) and lands in one MLflow store, each run tagged with its experiment.
+(not SimCLR's or sbid's) and lands in one MLflow store, each run tagged with its experiment; and
+that `dvc exp run -S 'evaluate.few_shot=[20, 10]'` re-runs the evaluations and the report only.
 """
 
 from __future__ import annotations
@@ -189,3 +190,12 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     assert {0.9, 0.5, 0.3} <= set(by_ratio), metrics
     assert by_ratio[0.9][2] == by_ratio[0.5][2] == by_ratio[0.3][2]  # SimCLR untouched
     assert by_ratio[0.9][1] != by_ratio[0.5][1]  # SDCLR re-trained
+
+    # Another few-shot protocol is an evaluation change: DVC re-runs the evaluations and the report only.
+    done = dvc(proj, "exp", "run", "-S", "evaluate.few_shot=[20, 10]", env=env)
+    ran = re.findall(r"Running stage '([^']+)'", done.stdout)
+    assert sorted(ran) == sorted(["report", *(f"evaluate-{m}@0" for m in ("random", *METHODS))]), ran
+    metrics = json.loads((proj / "reports/metrics/sdclr/split0.json").read_text())
+    assert metrics["protocol"]["few_shot"] == [20, 10] and metrics["few_shot"]["train_size"] == 20 * 10
+    assert metrics["few_shot_10shot"]["subset"] == "10 per class"
+    assert "## Linear probe, few-shot (10 per class)" in (proj / "reports/report.md").read_text()
