@@ -179,9 +179,10 @@ def test_a_pretraining_longer_than_its_time_limit_finishes_across_jobs_with_the_
     each job stops after an epoch with a checkpoint (none are periodic here), the next resumes."""
     target = "pretrain-simclr@0"
     here = make_project(tmp_path / "here", LONG)
+    there = tmp_path / "there"
+    subprocess.run(["git", "clone", "-q", str(here), str(there)], check=True)
     uninterrupted = subprocess.Popen([sys.executable, "-m", "dvc", "repro", target], cwd=here, env=project_env(here),
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    there = make_project(tmp_path / "there", LONG)
     lines: list[str] = []
     run(there, 2, [target], log=lines.append, env={**project_env(there), **_slurm(slurm_cluster)},
         slurm_args=["--time=0:01:00", "--signal=B:USR1@59"])
@@ -222,8 +223,9 @@ def test_the_tiny_pipeline_as_jobs_has_the_local_bytes_and_logs_to_an_mlflow_ser
     outputs byte for byte (portable numerics), and every job's runs in a real `mlflow server` (as on a cluster,
     where a shared SQLite file is the wrong store), one row per (method, split)."""
     here = make_project(tmp_path / "here", TINY)
+    there = tmp_path / "there"  # a clone: the same sources, whatever changes in the working tree meanwhile
+    subprocess.run(["git", "clone", "-q", str(here), str(there)], check=True)
     run(here, 2, log=lambda line: None, env=project_env(here))
-    there = make_project(tmp_path / "there", TINY)
     with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "mlflow-server.log") as server:
         lines: list[str] = []
         run(there, 2, log=lines.append, env={**project_env(there, tracking_uri=server.url, log_model=True),
