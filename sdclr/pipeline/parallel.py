@@ -453,12 +453,13 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--name needs -S (it names the experiment -S records)")
     slurm_args = args.slurm_args if args.slurm_args is not None else os.environ.get("SDCLR_SLURM_ARGS", "")
     jobs = args.jobs or (SLURM_JOBS if args.slurm else default_jobs(visible_gpus(), args.per_gpu))
+    env = dict(os.environ)
     try:
         if args.set_param:
             name = args.name or experiment.new_name()
             experiment.set_params(Path.cwd(), args.set_param)
-            os.environ["DVC_EXP_NAME"] = name  # the stages' MLflow runs carry it, as under `dvc exp run`
-        run(Path.cwd(), jobs, args.targets or None, args.per_gpu,
+            env["DVC_EXP_NAME"] = name  # the stages' MLflow runs carry it, as under `dvc exp run`
+        run(Path.cwd(), jobs, args.targets or None, args.per_gpu, env=env,
             slurm_args=shlex.split(slurm_args) if args.slurm else None)
         if args.set_param:
             print(f"experiment {name} ({' '.join(args.set_param)}): {experiment.save(Path.cwd(), name)}; "
