@@ -174,15 +174,16 @@ def bcl_head(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, pro
     return head
 
 
+@torch.no_grad()
 def bcl_probe(train_x: torch.Tensor, train_y: torch.Tensor, heldout: Heldout, probe: ProbeParams, epochs: int,
               seed: int) -> ProbeResult:
     """BCL's probe (:func:`bcl_head`) scored as BCL scores it: the last epoch's head on the test
     set, no model selection; its validation accuracy is recorded, not used."""
-    head = bcl_head(train_x, train_y, heldout.num_classes, probe, epochs, torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        val = _balanced_accuracy(head(heldout.val_x), heldout.val_y, heldout.num_classes)
-        test_pred = head(heldout.test_x).argmax(1).cpu().numpy()
-    return ProbeResult(best_epoch=epochs, val_accuracy=val, test_pred=test_pred, val_curve=[val])
+    with torch.enable_grad():
+        head = bcl_head(train_x, train_y, heldout.num_classes, probe, epochs, torch.Generator().manual_seed(seed))
+    val = _balanced_accuracy(head(heldout.val_x), heldout.val_y, heldout.num_classes)
+    return ProbeResult(best_epoch=epochs, val_accuracy=val, test_pred=head(heldout.test_x).argmax(1).cpu().numpy(),
+                       val_curve=[val])
 
 
 def few_shot_subsets(pool: np.ndarray, labels: np.ndarray, shots: list[int], seed: int, split: int) -> dict[int, np.ndarray]:
@@ -312,8 +313,7 @@ def evaluate_encoder(net, train: dict, test: dict, split: dict, eval_params: Eva
             settings[few_shot_name(entry, i == 0)] = (rows, p.few_shot_epochs, p.few_shot_milestones, entry)
         for name, (rows, epochs, milestones, entry) in settings.items():
             log(f"linear probe {name} ({p.protocol}): {len(rows)} training images, {epochs} epochs")
-            in_pool = (slice(None) if rows is pool else  # a subset ⊂ pool: its rows of the pool's features
-                       torch.from_numpy(np.searchsorted(pool, rows)).to(device))
+            in_pool = torch.from_numpy(np.searchsorted(pool, rows)).to(device)  # subsets ⊂ pool: their feature rows
             if p.protocol == "authors":
                 res = authors_probe(net, images_train[rows], labels_train[rows], heldout, p, epochs, milestones, seed,
                                     device)
