@@ -170,8 +170,13 @@ class EvaluateParams:
         _few_shot, "few-shot probes, the first one headline: a fraction per class (the split's S_b, drawn by "
         "subsample at subsample.few_shot_fraction) or images per class drawn from the balanced pool, nested",
         deviation="Few-shot subsets {ours} instead of {paper}.")
-    knn_k: int = setting(positive("a positive integer"), "neighbours of the kNN classifier")
+    knn_k: int = setting(positive("a positive integer"), "neighbours of the kNN classifier",
+                         deviation="kNN with k = {ours} instead of {paper}.")
     knn_temperature: float = setting(positive(), "temperature of the kNN vote weights exp(sim/T)")
+    knn_features: Literal["standardised", "raw"] = setting(
+        None, "kNN's cosine on standardised features (the pool's mean and std per dimension, as the linear probe "
+        "sees them) or on the raw backbone features (Wu et al. 2018)",
+        deviation="kNN on {ours} features instead of {paper}.")
     probe: ProbeParams = setting()
 
 

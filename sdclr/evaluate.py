@@ -22,6 +22,7 @@ split's 1 %-per-class S_b, or so many images per class (:func:`few_shot_subsets`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -63,6 +64,7 @@ class ProbeResult:
     val_accuracy: float
     test_pred: np.ndarray
     val_curve: list[float]
+    head: torch.nn.Module | None = None  # as trained to the last epoch (the fingerprint hashes its weights)
 
 
 def _balanced_accuracy(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> float:
@@ -70,9 +72,25 @@ def _balanced_accuracy(logits: torch.Tensor, y: torch.Tensor, num_classes: int) 
     return float(np.nanmean(pc))
 
 
+class ProbeLinear(torch.nn.Linear):
+    """A probe's linear layer, ``x Wᵀ + b`` summed in a fixed order: a broadcast product and an
+    ATen sum over the feature dimension, forward and backward, instead of a BLAS call.
+
+    Why: every other kernel of the evaluation is pinned (``numerics: portable``), but MKL's
+    matrix product at a probe's small shapes (10 outputs) is the one op whose order no pin
+    fixes on every CPU; an AMD EPYC Zen 4 trained the full-shot probe of ``evaluate-sbid@0`` to
+    other bytes than an Intel Xeon (docs/measurements.md). ATen's reductions under the AVX2 pin
+    sum in the same order on every x86-64 CPU. A probe has 10 outputs, so the product costs
+    little more than the call it replaces.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.unsqueeze(-1) * self.weight.t()).sum(1) + self.bias
+
+
 def _linear_head(dim: int, num_classes: int, generator: torch.Generator, device) -> torch.nn.Linear:
     """The probe's linear layer: N(0, 0.01) weights, zero bias, drawn from the CPU ``generator``."""
-    head = torch.nn.Linear(dim, num_classes)
+    head = ProbeLinear(dim, num_classes)
     with torch.no_grad():
         head.weight.normal_(0, 0.01, generator=generator)
         head.bias.zero_()
@@ -120,6 +138,12 @@ class _BestOnValidation:
         return ProbeResult(best_epoch=epoch, val_accuracy=acc, test_pred=pred, val_curve=self.curve)
 
 
+def standardiser(x: torch.Tensor):
+    """The map ``t ↦ (t − μ) / σ`` with ``x``'s per-dimension mean and std (σ floored at 1e-6)."""
+    mu, sigma = x.mean(0, keepdim=True), x.std(0, keepdim=True).clamp_min(1e-6)
+    return lambda t: (t - mu) / sigma
+
+
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, heldout: Heldout, probe: ProbeParams, epochs: int,
                  seed: int) -> ProbeResult:
     """Softmax regression on standardised frozen features, SGD + cosine schedule, on the features' device.
@@ -127,8 +151,7 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, heldout: Heldout,
     Model selection: the epoch with the best validation mean per-class accuracy; its
     test predictions are returned (test labels are never looked at here).
     """
-    mu, sigma = train_x.mean(0, keepdim=True), train_x.std(0, keepdim=True).clamp_min(1e-6)
-    norm = lambda x: (x - mu) / sigma  # noqa: E731
+    norm = standardiser(train_x)
     tx = norm(train_x)
     g = torch.Generator().manual_seed(seed)
     head = _linear_head(tx.shape[1], heldout.num_classes, g, tx.device)
@@ -146,7 +169,7 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, heldout: Heldout,
             _probe_step(head, opt, tx[idx], train_y[idx])
             sched.step()
         selection.after_epoch(head, epoch + 1)
-    return selection.result()
+    return dataclasses.replace(selection.result(), head=head)
 
 
 def bcl_head(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, probe: ProbeParams, epochs: int,
@@ -159,7 +182,7 @@ def bcl_head(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, pro
     """
     dim, n = train_x.shape[1], len(train_x)
     bound = 1 / math.sqrt(dim)
-    head = torch.nn.Linear(dim, num_classes, dtype=train_x.dtype)
+    head = ProbeLinear(dim, num_classes, dtype=train_x.dtype)
     with torch.no_grad():
         head.weight.uniform_(-bound, bound, generator=generator)
         head.bias.uniform_(-bound, bound, generator=generator)
@@ -174,16 +197,15 @@ def bcl_head(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, pro
     return head
 
 
-@torch.no_grad()
 def bcl_probe(train_x: torch.Tensor, train_y: torch.Tensor, heldout: Heldout, probe: ProbeParams, epochs: int,
               seed: int) -> ProbeResult:
     """BCL's probe (:func:`bcl_head`) scored as BCL scores it: the last epoch's head on the test
     set, no model selection; its validation accuracy is recorded, not used."""
-    with torch.enable_grad():
-        head = bcl_head(train_x, train_y, heldout.num_classes, probe, epochs, torch.Generator().manual_seed(seed))
-    val = _balanced_accuracy(head(heldout.val_x), heldout.val_y, heldout.num_classes)
-    return ProbeResult(best_epoch=epochs, val_accuracy=val, test_pred=head(heldout.test_x).argmax(1).cpu().numpy(),
-                       val_curve=[val])
+    head = bcl_head(train_x, train_y, heldout.num_classes, probe, epochs, torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        val = _balanced_accuracy(head(heldout.val_x), heldout.val_y, heldout.num_classes)
+        test_pred = head(heldout.test_x).argmax(1).cpu().numpy()
+    return ProbeResult(best_epoch=epochs, val_accuracy=val, test_pred=test_pred, val_curve=[val])
 
 
 def few_shot_subsets(pool: np.ndarray, labels: np.ndarray, shots: list[int], seed: int, split: int) -> dict[int, np.ndarray]:
@@ -256,6 +278,9 @@ def knn_predict(memory_x: torch.Tensor, memory_y: torch.Tensor, query_x: torch.T
                 k: int, temperature: float, chunk: int = 1024) -> np.ndarray:
     """Cosine kNN with exp(sim / T) vote weights (Wu et al. 2018), memory = balanced pool.
 
+    The caller chooses the features (``evaluate.knn_features``): standardised with the pool's
+    statistics, as the linear probes see them, or raw.
+
     The votes are summed through a one-hot product, not ``scatter_add_``, whose CUDA kernel
     adds in a nondeterministic order (a near-tie could flip between two identical runs).
     """
@@ -313,7 +338,8 @@ def evaluate_encoder(net, train: dict, test: dict, split: dict, eval_params: Eva
             settings[few_shot_name(entry, i == 0)] = (rows, p.few_shot_epochs, p.few_shot_milestones, entry)
         for name, (rows, epochs, milestones, entry) in settings.items():
             log(f"linear probe {name} ({p.protocol}): {len(rows)} training images, {epochs} epochs")
-            in_pool = torch.from_numpy(np.searchsorted(pool, rows)).to(device)  # subsets ⊂ pool: their feature rows
+            in_pool = (slice(None) if rows is pool else  # a subset ⊂ pool: its rows of the pool's features
+                       torch.from_numpy(np.searchsorted(pool, rows)).to(device))
             if p.protocol == "authors":
                 res = authors_probe(net, images_train[rows], labels_train[rows], heldout, p, epochs, milestones, seed,
                                     device)
@@ -325,9 +351,13 @@ def evaluate_encoder(net, train: dict, test: dict, split: dict, eval_params: Eva
             out[name] = {**group_report(pc, groups), "best_epoch": res.best_epoch,
                          "val_accuracy": res.val_accuracy, "train_size": len(rows), "val_curve": res.val_curve,
                          **({} if entry is None else {"subset": few_shot_label(entry)})}
-        pred = knn_predict(feats_pool, y_pool, feats_test, num_classes, eval_params.knn_k, eval_params.knn_temperature)
+        knn_in = standardiser(feats_pool) if eval_params.knn_features == "standardised" else (lambda t: t)
+        memory, k, temperature = knn_in(feats_pool), eval_params.knn_k, eval_params.knn_temperature
+        pred = knn_predict(memory, y_pool, knn_in(feats_test), num_classes, k, temperature)
+        val_pred = knn_predict(memory, y_pool, knn_in(feats_val), num_classes, k, temperature)
         out["knn"] = {**group_report(per_class_accuracy(pred, labels_test, num_classes), groups),
-                      "k": eval_params.knn_k}
+                      "k": k, "features": eval_params.knn_features,
+                      "val_accuracy": float(np.nanmean(per_class_accuracy(val_pred, labels_train[val], num_classes)))}
         out["protocol"] = {"probe": p.protocol, "few_shot": list(eval_params.few_shot)}
         return out
 

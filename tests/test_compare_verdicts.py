@@ -1,4 +1,5 @@
-"""The compare line names a moved verdict even when every headline score is the same as committed.
+"""The compare line names a moved verdict, and an output with other bytes, even when every headline
+score is the same as committed.
 
 Guards the wrong programs that let reproduce.sh's last line say ``identical`` while a claim's
 verdict changed: ones that look at the verdicts only when some score moved (``moved`` computed
@@ -71,3 +72,37 @@ def test_a_moved_verdict_is_named_even_when_every_score_is_identical(tmp_path):
     assert f"verdicts changed: sdclr − simclr full-shot minor: {AGREES} → {INCONCLUSIVE}" in line, line
     assert "full-shot accuracy" not in line  # the claim whose verdict stayed is not named
     assert "\n" not in line
+
+
+def test_an_output_with_other_bytes_is_named_even_when_every_score_and_verdict_is_identical(tmp_path):
+    """A real DVC stage writes a metrics file whose validation curve moves by one image (as on the
+    Zen 4 of issue 40) while every score and verdict stays: the line must say which output differs."""
+    import os
+    import sys
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    _write_report(repo, SUMMARY)
+    (repo / "make.py").write_text("import json, sys\n"
+                                  "json.dump({'accuracy': 0.75, 'val_curve': [0.762]}, open('split0.json', 'w'))\n")
+    (repo / "dvc.yaml").write_text("stages:\n  evaluate-sbid:\n    cmd: python make.py\n    deps: [make.py]\n"
+                                   "    outs: [split0.json]\n")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+    def dvc(*args: str) -> None:
+        subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, check=True, capture_output=True, env=env)
+
+    dvc("init", "-q")
+    dvc("repro", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "report")
+    line = comparison_line(repo)
+    assert line == "compare: identical to the committed report (every score and verdict, and 1 output byte for byte).", line
+
+    (repo / "make.py").write_text((repo / "make.py").read_text().replace("0.762", "0.7621666666666667"))
+    dvc("repro", "-q")
+    line = comparison_line(repo, fingerprint_text="")
+    assert "identical" not in line, line
+    assert line.startswith("compare: same scores and verdicts; 1 of 1 output has other bytes than the committed "
+                           "dvc.lock: evaluate-sbid (split0.json)"), line

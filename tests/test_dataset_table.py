@@ -59,7 +59,7 @@ def _idx_dataset(tmp_path: Path) -> tuple[Dataset, dict, dict]:
         checksums={n: hashlib.sha256(d).hexdigest() for n, d in files.items()},
         digest="sha256", checksum_kind="sha256 of decompressed file",
         parse=partial(parse_idx, class_names=CLASSES),
-        channels=1, image_size=8, system_copy=None, paper_reference=REFERENCE,
+        channels=1, image_size=8, train_size=24, test_size=8, num_classes=4, system_copy=None, paper_reference=REFERENCE,
         recipe_preset="cifar10_paper", deviation="its 8 x 8 images are a quarter of CIFAR's side",
     )
     expected = {part: {"images": d["images"][..., None], "labels": d["labels"]} for part, d in arrays.items()}
@@ -86,7 +86,8 @@ def _cifar_dataset(tmp_path: Path) -> tuple[Dataset, dict, dict]:
         checksums={**_md5s(files), "tiny-python.tar.gz": hashlib.md5(buf.getvalue()).hexdigest()},
         digest="md5", checksum_kind="md5",
         parse=partial(parse_cifar_pickle, label_key="labels", names_key="label_names"),
-        channels=3, image_size=32, system_copy=SystemCopy(system, "dataset-tiny"), paper_reference=None,
+        channels=3, image_size=32, train_size=11, test_size=4, num_classes=4, system_copy=SystemCopy(system, "dataset-tiny"),
+        paper_reference=None,
         recipe_preset="tiny_paper", deviation=None,
     )
 

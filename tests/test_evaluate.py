@@ -164,7 +164,7 @@ def _tiny_evaluation(device: torch.device) -> dict:
     split = {"pool": np.arange(0, 240, 2), "val": np.arange(1, 240, 2), "fewshot": np.arange(0, 240, 8)}
     probe = SimpleNamespace(protocol="features", lr=0.1, weight_decay=0.0, batch_size=32, full_shot_epochs=5,
                             few_shot_epochs=8, full_shot_milestones=[], few_shot_milestones=[])
-    params = SimpleNamespace(feature_batch_size=64, few_shot=[0.01], knn_k=10, knn_temperature=0.1, probe=probe)
+    params = SimpleNamespace(feature_batch_size=64, few_shot=[0.01], knn_k=10, knn_temperature=0.1, knn_features="standardised", probe=probe)
     split["class_order"] = np.arange(3)
     data = {"images": images, "labels": y}
     return evaluate_encoder(net, data, data, split, params, seed=0, device=device, log=lambda m: None)
@@ -264,7 +264,7 @@ def test_the_authors_protocol_trains_through_the_frozen_backbone_on_each_setting
              "class_order": np.arange(3)}
     probe = ProbeParams(protocol="authors", lr=1.0, final_lr=1e-6, weight_decay=0.0, batch_size=32, full_shot_epochs=4,
                         few_shot_epochs=6, full_shot_milestones=[3], few_shot_milestones=[4])
-    params = SimpleNamespace(feature_batch_size=64, few_shot=[0.01], knn_k=5, knn_temperature=0.1, probe=probe)
+    params = SimpleNamespace(feature_batch_size=64, few_shot=[0.01], knn_k=5, knn_temperature=0.1, knn_features="standardised", probe=probe)
     data = {"images": images, "labels": y}
     metrics = evaluate_encoder(net, data, data, split, params, seed=0, device=torch.device("cpu"), log=lambda m: None)
     assert metrics["full_shot"]["train_size"] == 90 and metrics["few_shot"]["train_size"] == 30

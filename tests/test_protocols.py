@@ -110,7 +110,7 @@ def test_evaluation_with_bcls_protocol_records_every_subset(tmp_path):
     split = {"pool": pool, "val": val, "fewshot": pool[::20], "class_order": np.arange(4), "longtail": pool}
     probe = ProbeParams(protocol="bcl", lr=0.01, final_lr=1e-4, weight_decay=0.0, batch_size=32, full_shot_epochs=3,
                         few_shot_epochs=4, full_shot_milestones=[], few_shot_milestones=[])
-    params = SimpleNamespace(feature_batch_size=64, few_shot=[10, 5], knn_k=5, knn_temperature=0.1, probe=probe)
+    params = SimpleNamespace(feature_batch_size=64, few_shot=[10, 5], knn_k=5, knn_temperature=0.1, knn_features="standardised", probe=probe)
     torch.manual_seed(0)
     net = build_model(8, 1, [0.5], [0.25], HeadSpec(2, 16, 8))
     metrics = evaluate_encoder(net.eval(), data, data, split, params, seed=0, device=torch.device("cpu"),

@@ -71,7 +71,7 @@ def _features_problem(step: int = 60):
     net = build_model(8, 1, [0.5], [0.25], HeadSpec(2, 16, 8)).eval()
     probe = ProbeParams(protocol="features", lr=0.1, final_lr=1e-6, weight_decay=0.0, batch_size=16, full_shot_epochs=6,
                         few_shot_epochs=12, full_shot_milestones=[], few_shot_milestones=[])
-    params = SimpleNamespace(feature_batch_size=64, few_shot=[0.01], knn_k=5, knn_temperature=0.1, probe=probe)
+    params = SimpleNamespace(feature_batch_size=64, few_shot=[0.01], knn_k=5, knn_temperature=0.1, knn_features="standardised", probe=probe)
     return net, images, y, split, params
 
 

@@ -63,6 +63,10 @@ class Dataset:
     parse: Callable
     channels: int
     image_size: int               # square images: height = width
+    #: the official split's sizes and classes (the fingerprint measures the evaluation at these shapes)
+    train_size: int
+    test_size: int
+    num_classes: int
     system_copy: SystemCopy | None
     paper_reference: PaperReference | None
     recipe_preset: str            # presets/<name>.yaml: the papers' recipe the report's deviations compare with
@@ -88,7 +92,7 @@ DATASETS: dict[str, Dataset] = {
         digest="sha256", checksum_kind="sha256 of decompressed file",
         parse=partial(parse_idx, class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                                               "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")),
-        channels=1, image_size=28,
+        channels=1, image_size=28, train_size=60_000, test_size=10_000, num_classes=10,
         system_copy=SystemCopy(Path("/usr/share/datasets/fashion-mnist"), "dataset-fashion-mnist"),
         paper_reference=None,
         recipe_preset="cifar10_paper",
@@ -113,7 +117,7 @@ DATASETS: dict[str, Dataset] = {
         },
         digest="md5", checksum_kind="md5",
         parse=partial(parse_cifar_pickle, label_key="labels", names_key="label_names"),
-        channels=3, image_size=32,
+        channels=3, image_size=32, train_size=50_000, test_size=10_000, num_classes=10,
         system_copy=None,
         paper_reference=PaperReference(
             "SDCLR paper, CIFAR-10-LT, Table 4 (full-shot probe, per group, mean ± std over 5 splits)",
@@ -143,7 +147,7 @@ DATASETS: dict[str, Dataset] = {
         },
         digest="md5", checksum_kind="md5",
         parse=partial(parse_cifar_pickle, label_key="fine_labels", names_key="fine_label_names"),
-        channels=3, image_size=32,
+        channels=3, image_size=32, train_size=50_000, test_size=10_000, num_classes=100,
         system_copy=None,
         paper_reference=PaperReference(
             "BCL's public re-run, CIFAR-100-LT split 1 (its README; its own Adam probe on frozen features; one "

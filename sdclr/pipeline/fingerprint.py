@@ -117,7 +117,8 @@ def _kernel_ops(rec: _Recorder, params, net, size: int, channels: int) -> None:
     import torch.nn.functional as F
 
     batch = 2 * params.pretrain.batch_size
-    for cin, cout, k, stride, at in _conv_configs(net.backbone, torch.zeros(2, channels, size, size)):
+    configs = _conv_configs(net.backbone, torch.zeros(2, channels, size, size))
+    for cin, cout, k, stride, at in configs:
         name = f"conv{k}x{k} {cin}->{cout} @{at} s{stride}"
         x, w = rec.tensor(batch, cin, at, at, grad=True), rec.tensor(cout, cin, k, k, grad=True)
         y = F.conv2d(x, w, stride=stride, padding=k // 2)
@@ -131,12 +132,12 @@ def _kernel_ops(rec: _Recorder, params, net, size: int, channels: int) -> None:
                        F.conv2d(xl, w.detach().contiguous(memory_format=torch.channels_last), stride=stride,
                                 padding=k // 2))
 
-    c = params.model.width * 2
-    x, weight, bias = rec.tensor(batch, c, 14, 14, grad=True), rec.tensor(c, grad=True), rec.tensor(c, grad=True)
-    y = F.batch_norm(x, torch.zeros(c), torch.ones(c), weight, bias, training=True)
-    rec.record("batch norm", "batch_norm train forward", y)
-    y.backward(rec.tensor(*y.shape))
-    rec.record("batch norm", "batch_norm train grads", x.grad, weight.grad, bias.grad)
+    for c, at in dict.fromkeys((cout, (at - 1) // stride + 1) for _, cout, _, stride, at in configs):  # conv outputs
+        x, weight, bias = rec.tensor(batch, c, at, at, grad=True), rec.tensor(c, grad=True), rec.tensor(c, grad=True)
+        y = F.batch_norm(x, torch.zeros(c), torch.ones(c), weight, bias, training=True)
+        rec.record("batch norm", f"batch_norm {c} @{at} train forward", y)
+        y.backward(rec.tensor(*y.shape))
+        rec.record("batch norm", f"batch_norm {c} @{at} train grads", x.grad, weight.grad, bias.grad)
 
     feat, hidden, out = params.model.width * 8, params.model.head_hidden, params.model.proj_dim
     x, w1, w2 = rec.tensor(batch, feat, grad=True), rec.tensor(hidden, feat, grad=True), rec.tensor(out, hidden, grad=True)
@@ -158,17 +159,14 @@ def _kernel_ops(rec: _Recorder, params, net, size: int, channels: int) -> None:
         opt.step()
     rec.record("SGD", "SGD with momentum and weight decay, 3 steps", *params_)
 
-    a, b = rec.tensor(1024, feat), rec.tensor(feat, 6000)
-    rec.record("kNN similarities", f"matmul 1024x{feat} @ {feat}x6000", a @ b)
 
 
 def _project_ops(rec: _Recorder, params, images, spec) -> None:
-    """The project's own functions: NT-Xent, the batched augmentation, a probe step, whole training steps."""
+    """The project's own functions: NT-Xent, the batched augmentation, whole training steps."""
     import numpy as np
     import torch
 
     from sdclr.data.augment import BatchAugment
-    from sdclr.evaluate import _linear_head, _probe_step
     from sdclr.losses import nt_xent
     from sdclr.train import Job, build
 
@@ -182,11 +180,6 @@ def _project_ops(rec: _Recorder, params, images, spec) -> None:
     gen = torch.Generator().manual_seed(0)
     rec.record("augmentation", "BatchAugment (crop, flip, resample)", BatchAugment(params.augment, spec.in_channels)(batch, gen))
 
-    head = _linear_head(params.model.width * 8, 10, torch.Generator().manual_seed(0), "cpu")
-    opt = torch.optim.SGD(head.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    _probe_step(head, opt, rec.tensor(256, params.model.width * 8), torch.from_numpy(rec.rng.integers(0, 10, 256)))
-    rec.record("linear probe (evaluation)", "probe SGD step", head.weight, head.bias)
-
     for method in ("simclr", "sdclr", "sbid"):
         training = build(params, Job(method, 0, images, np.arange(len(images)), spec))
         training.method.initialise(training.data, training.gen, training.local_batch, None)
@@ -197,6 +190,52 @@ def _project_ops(rec: _Recorder, params, images, spec) -> None:
         shape = f"width {params.model.width}, batch {params.pretrain.batch_size}"
         rec.record(f"a whole training step ({method})", f"{method}: weights after 2 steps ({shape})",
                    *training.method.state_dict().values())
+
+
+def _evaluation_ops(rec: _Recorder, params, net, dataset) -> None:
+    """The evaluation chain at the shapes an evaluate stage runs it on ``dataset``: features through the
+    folded network at the feature batch and at each set's last, partial batch; the pool's
+    standardisation; an epoch of the full-shot and of the few-shot probe at the real batch and lr,
+    and their validation and test logits; kNN's similarities and top-k, at a full and each partial
+    chunk of queries (per set of queries: a chunk of 1,024 as :func:`sdclr.evaluate.knn_predict`)."""
+    import torch
+    import torch.nn.functional as F
+
+    from sdclr.evaluate import Heldout, extract_features, linear_probe, standardiser
+
+    ev, sub, n_cls = params.evaluate, params.subsample, dataset.num_classes
+    per_class = dataset.train_size // n_cls - sub.val_per_class
+    pool_n = n_cls * min(per_class, sub.pool_per_class or per_class)
+    val_n, test_n, bs = n_cls * sub.val_per_class, dataset.test_size, ev.feature_batch_size
+    size, channels = dataset.image_size, dataset.channels
+    batches = sorted({min(bs, pool_n), *(n % bs for n in (pool_n, val_n, test_n) if n % bs)}, reverse=True)
+    images = rec.rng.integers(0, 256, (batches[0], size, size, channels), dtype="uint8")
+    for n in batches:
+        rec.record("feature extraction (evaluation)", f"folded network features of {n} images",
+                   extract_features(net, images[:n], torch.device("cpu"), bs))
+
+    dim = net.backbone.feature_dim
+    pool_x, val_x, test_x = rec.tensor(pool_n, dim), rec.tensor(val_n, dim), rec.tensor(test_n, dim)
+    labels = lambda n: torch.from_numpy(rec.rng.integers(0, n_cls, n))  # noqa: E731
+    norm = standardiser(pool_x)
+    rec.record("standardisation (evaluation)", f"standardise {pool_n}x{dim} by its mean and std", norm(pool_x))
+
+    heldout = Heldout(val_x, labels(val_n), test_x, n_cls)
+    few_n = n_cls * max(1, round(per_class * sub.few_shot_fraction))
+    for name, n in (("full-shot", pool_n), ("few-shot", few_n)):
+        head = linear_probe(pool_x[:n], labels(n), heldout, ev.probe, 1, params.seed).head
+        rec.record("linear probe (evaluation)", f"{name} probe: one epoch on {n} rows, batch {ev.probe.batch_size}, "
+                   f"lr {ev.probe.lr}", head.weight, head.bias)
+        with torch.no_grad():
+            rec.record("linear probe (evaluation)", f"{name} probe logits on {val_n} and {test_n} rows",
+                       head(norm(val_x)), head(norm(test_x)))
+
+    knn_in = norm if ev.knn_features == "standardised" else (lambda t: t)
+    memory = F.normalize(knn_in(pool_x), dim=1)
+    k = min(ev.knn_k, pool_n)
+    for n in sorted({min(1024, test_n), *(m % 1024 for m in (val_n, test_n) if m % 1024)}, reverse=True):
+        sim, idx = (F.normalize(knn_in(test_x[:n]), dim=1) @ memory.T).topk(k, dim=1)
+        rec.record("kNN similarities", f"kNN: {n} queries against {pool_n} ({ev.knn_features}), top {k}", sim, idx)
 
 
 def measure(params_path: str | Path = "params.yaml") -> list[dict]:
@@ -226,6 +265,7 @@ def measure(params_path: str | Path = "params.yaml") -> list[dict]:
     net = build_model(params.model.width, channels, spec.mean, spec.std, method_class("simclr").head_spec(params))
     _kernel_ops(rec, params, net, size, channels)
     _project_ops(rec, params, images, spec)
+    _evaluation_ops(rec, params, net, dataset)
     return rec.rows
 
 
