@@ -30,8 +30,8 @@ while [ $# -gt 0 ]; do
     --per-gpu) per_gpu="${2:?--per-gpu needs a number, e.g. 2}"; shift 2 ;;
     --per-gpu=*) per_gpu="${1#--per-gpu=}"; shift ;;
     --slurm) slurm+=(--slurm); shift ;;
-    --slurm-args) slurm+=(--slurm-args "${2?--slurm-args needs sbatch options, e.g. \"--time=04:00:00\"}"); shift 2 ;;
-    --slurm-args=*) slurm+=(--slurm-args "${1#--slurm-args=}"); shift ;;
+    --slurm-args) slurm+=("--slurm-args=${2?--slurm-args needs sbatch options, e.g. \"--time=04:00:00\"}"); shift 2 ;;
+    --slurm-args=*) slurm+=("$1"); shift ;;
     -S|--set-param) experiment+=(-S "${2:?-S needs key=value, e.g. prune_ratio=0.5}"); shift 2 ;;
     --set-param=*) experiment+=(-S "${1#--set-param=}"); shift ;;
     --name|-n) experiment+=(--name "${2:?--name needs a name}"); shift 2 ;;

@@ -161,3 +161,22 @@ def test_the_forest_figure_is_written_shown_and_the_same_bytes_on_a_rerun(tmp_pa
     assert (tmp_path / "b/out/figures/paired_differences.png").read_bytes() == figure.read_bytes()
     plot_paired_differences([], tmp_path / "none.png")  # no claim: dvc.yaml declares the figure all the same
     assert (tmp_path / "none.png").read_bytes()[:4] == b"\x89PNG"
+
+
+#: every claim with a moderate p: a family made of all of them would adjust each p otherwise
+MODERATE = {"random": [0.600, 0.620, 0.590, 0.610], "simclr": [0.700, 0.740, 0.710, 0.705],
+            "sdclr": [0.715, 0.760, 0.720, 0.712], "sbid": [0.690, 0.745, 0.700, 0.716]}
+
+
+def test_holm_adjusts_within_each_claim_source_not_over_the_whole_report(tmp_path):
+    """Each source's claims (a paper's, pretraining-helps) are one family; Holm over every claim of the report
+    at once would be another test, with other p-values and verdicts (a change the suite once let through)."""
+    rows = compare(load_metrics(_write_metrics(tmp_path, MODERATE)))
+    sources = {r["source"] for r in rows}
+    assert len(sources) >= 3
+    for source in sources:
+        family = [r for r in rows if r["source"] == source]
+        for r, expected in zip(family, holm([r["p"] for r in family])):
+            assert r["p_holm"] == pytest.approx(expected, rel=1e-3), (source, r)
+    everything = holm([r["p"] for r in rows])  # not vacuous: one family of all would differ here
+    assert any(r["p_holm"] != pytest.approx(p, rel=1e-3) for r, p in zip(rows, everything))

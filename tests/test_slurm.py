@@ -11,6 +11,8 @@ import json
 import os
 import re
 import signal
+import socket
+from shutil import which as shutil_which
 import subprocess
 import sys
 import threading
@@ -27,7 +29,7 @@ from sdclr.pipeline.parallel import run
 from sdclr.pipeline.slurm import resources
 from tests.dvc_project import make_project, project_env, stage_command
 from tests.mlflow_ui import check_runs_view, mlflow_server
-from tests.slurm_cluster import slurm_cluster  # noqa: F401
+from tests.slurm_cluster import _free_ports, slurm_cluster  # noqa: F401
 from tests.test_distributed import TINY_DDP
 from tests.test_parallel import _alive, _env, synthetic_project
 from tests.test_pipeline_e2e import METHODS, TINY
@@ -242,3 +244,72 @@ def test_the_tiny_pipeline_as_jobs_has_the_local_bytes_and_logs_to_an_mlflow_ser
     outputs = ["dvc.lock", *(o["path"] for stage in ran for o in lock[stage]["outs"])]
     differ = [f for f in outputs if (here / f).is_file() and (here / f).read_bytes() != (there / f).read_bytes()]
     assert not differ, f"the jobs wrote other bytes than the local runner: {differ}"
+
+
+def test_a_stage_failing_with_its_own_error_is_not_taken_for_a_time_limit(slurm_cluster, tmp_path):
+    """A pretraining that finished an epoch and then failed with its own sentence (exit 2, not the time limit's
+    75): that sentence and status reach the user, and no second job is submitted to "resume" it."""
+    fails_after_an_epoch = ("import sys; print('bad split 0 epoch 1/3: loss 1.0', flush=True); "
+                            "print('error: params.yaml: pretrain.lr = -1 is out of range; accepted: a number > 0.', "
+                            "file=sys.stderr); sys.exit(2)")
+    proj = synthetic_project(tmp_path / "p", {"bad": _stage("bad.txt", fails_after_an_epoch)})
+    with pytest.raises(SdclrError) as info:
+        run(proj, 1, log=lambda line: None, env=_cluster_env(slurm_cluster), slurm_args=[])
+    said = str(info.value)
+    assert said.startswith("stage bad failed") and "pretrain.lr = -1 is out of range" in said, said
+    assert "time limit" not in said, said
+    jobs = list((proj / ".dvc/tmp/parallel/slurm").glob("bad.*.out"))
+    assert len(jobs) == 1, jobs  # no second job was tried
+    log = (proj / ".dvc/tmp/parallel/bad.log").read_text()
+    assert "failed with exit status 2" in log, log
+
+
+@pytest.mark.parametrize("form", [["--slurm-args", "--time=0:05:00"],
+                                  ["--slurm-args", "--time=0:05:00 --comment=sdclr-two-options"],
+                                  ["--slurm-args=--time=0:05:00"]], ids=["one option", "several", "equals form"])
+def test_slurm_args_take_one_option_several_or_the_equals_form(slurm_cluster, tmp_path, form):
+    """argparse takes a lone value starting with `-` for an option: `--slurm-args "--gres=gpu:1"` failed."""
+    proj = synthetic_project(tmp_path / "p", {"a": _stage("a.txt", "import pathlib; pathlib.Path('a.txt').write_text('A')")})
+    done = subprocess.run([sys.executable, "-m", "sdclr.pipeline.parallel", "--slurm", *form], cwd=proj,
+                          env=_cluster_env(slurm_cluster), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert (proj / "a.txt").read_text() == "A"
+    submitted = [line for line in (proj / ".dvc/tmp/parallel/a.log").read_text().splitlines() if "submitted:" in line]
+    options = form[-1].removeprefix("--slurm-args=")
+    assert len(submitted) == 1 and all(o in submitted[0] for o in options.split()), submitted
+    job = re.search(r"job (\d+) submitted", submitted[0]).group(1)
+    assert "TimeLimit=00:05:00" in slurm_cluster.run("scontrol", "show", "job", job).stdout
+
+
+def test_reproduce_sh_passes_one_option_to_the_jobs(slurm_cluster, tmp_path):
+    """scripts/reproduce.sh --slurm --slurm-args "--time=0:05:00" <stage>: the same option reaches sbatch."""
+    proj = make_project(tmp_path / "p")
+    (proj / ".venv").symlink_to(Path(sys.executable).parents[1])  # the suite's own venv: setup.sh finds it current
+    done = subprocess.run(["bash", "scripts/reproduce.sh", "--slurm", "--slurm-args", "--time=0:05:00", "download"],
+                          cwd=proj, env={**project_env(proj), **_slurm(slurm_cluster)}, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-2000:])
+    assert "parallel.py: error" not in done.stderr
+    submitted = [line for line in (proj / ".dvc/tmp/parallel/download.log").read_text().splitlines()
+                 if "submitted:" in line]
+    assert len(submitted) == 1 and "--time=0:05:00" in submitted[0], submitted
+
+
+def test_an_unreachable_controller_is_said_so_and_does_not_blame_the_options(tmp_path):
+    """sbatch refuses every job when no slurmctld answers: the sentence names the controller, not the options."""
+    conf = tmp_path / "slurm.conf"
+    port, slurmd_port = _free_ports(2)
+    host = socket.gethostname().split(".")[0]
+    conf.write_text(f"ClusterName=nobody\nSlurmctldHost={host}\nSlurmctldPort={port}\nSlurmdPort={slurmd_port}\n"
+                    f"AuthType=auth/munge\nNodeName={host} CPUs=1 State=UNKNOWN\n"
+                    "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP\n")
+    if not shutil_which("sbatch"):
+        pytest.skip("no sbatch (Debian's slurm-wlm)")
+    proj = synthetic_project(tmp_path / "p", {"a": _stage("a.txt", "print('never runs')")})
+    env = {**_env(), "SLURM_CONF": str(conf), "SDCLR_SLURM_POLL_S": "0.5",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    with pytest.raises(SdclrError) as info:
+        run(proj, 1, log=lambda line: None, env=env, slurm_args=["--time=0:05:00"])
+    said = str(info.value)
+    assert "could not reach the SLURM controller" in said and "scontrol ping" in said, said
+    assert "fix the options" not in said, said

@@ -431,6 +431,20 @@ def _numerics(root: Path) -> str:
     return mode_in_params(root / "params.yaml")
 
 
+def _options_as_one_value(argv: list[str], flag: str) -> list[str]:
+    """``flag VALUE`` as ``flag=VALUE``: argparse takes a lone value that starts with ``-`` for an
+    option (``--slurm-args "--gres=gpu:1"`` would fail), never the ``=`` form."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == flag and i + 1 < len(argv):
+            out.append(f"{flag}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("targets", nargs="*", help="stages to bring up to date (default: all)")
@@ -444,7 +458,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="as `dvc exp run -S`: set the param, run, and save the result as a DVC experiment "
                         "(sdclr/pipeline/experiment.py)")
     p.add_argument("--name", "-n", default=None, help="the experiment's name with -S (default: DVC's two random words)")
-    args = p.parse_args(argv)
+    args = p.parse_args(_options_as_one_value(sys.argv[1:] if argv is None else argv, "--slurm-args"))
     if args.jobs < 0 or args.per_gpu < 1:
         p.error("--jobs must be >= 1 (0 = the default) and --per-gpu >= 1")
     if args.slurm_args is not None and not args.slurm:

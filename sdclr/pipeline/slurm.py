@@ -57,6 +57,9 @@ WARN_S = int(os.environ.get("SDCLR_SLURM_WARN_S", "300"))
 POLL_S = float(os.environ.get("SDCLR_SLURM_POLL_S", "2"))
 #: how long the controller may stay unreachable before the stage gives up on its job
 UNREACHABLE_S = 300.0
+#: what sbatch's error says when the controller, not the job's options, is the problem
+UNREACHABLE_SIGNS = ("unable to contact slurm controller", "connection refused", "socket timed out",
+                     "connect failure", "zero bytes were transmitted or received")
 #: job states after which a job never runs again
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY", "BOOT_FAIL",
          "DEADLINE"}
@@ -158,6 +161,9 @@ class Stage:
                              "host, with sbatch on PATH.") from None
         if done.returncode != 0:
             why = (done.stderr.strip().splitlines() or ["no message"])[-1]
+            if any(sign in done.stderr.lower() for sign in UNREACHABLE_SIGNS):
+                raise SdclrError(f"stage {self.name}: sbatch could not reach the SLURM controller ({why}); check "
+                                 "that slurmctld is up (`scontrol ping`) and run the same command again.")
             raise SdclrError(f"stage {self.name}: sbatch refused the job ({why}); fix the options "
                              f"({shlex.join(self.options) or 'none'}) and run the same command again.")
         job = done.stdout.strip().split(";")[0]
