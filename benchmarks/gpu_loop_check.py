@@ -14,15 +14,16 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from sdclr.config import parse_params
+from sdclr.pretrain_loop import Job, Outputs, pretrain
+from sdclr.registry import method_class, parse_params
 from sdclr.storage.encoder_file import ModelSpec
-from sdclr.train import Job, Outputs, pretrain
 
 method, dev = sys.argv[1], os.environ.get("DEV", "cuda")
 raw = yaml.safe_load(Path("params.yaml").read_text())
 raw["device"] = dev
 raw["model"]["width"] = 64 if dev == "cuda" else 8
-raw["pretrain"].update(epochs=4, batch_size=512 if dev == "cuda" else 32, compile="auto", compile_mode="reduce-overhead",
+raw["pretrain"].update(epochs=4, batch_size=512 if dev == "cuda" else 32, compile="auto",
+                       compile_mode="reduce-overhead",
                        checkpoint_every=1, warmup_epochs=1)
 params = parse_params(raw)
 n = 4096 if dev == "cuda" else 128
@@ -34,7 +35,7 @@ with tempfile.TemporaryDirectory() as d:
     for label, stops in (("straight", [None]), ("killed_at_2_resumed", [2, None])):
         t0 = time.time()
         for stop in stops:
-            r = pretrain(params, Job(method, 0, images, np.arange(n), spec),
+            r = pretrain(params, Job(method_class(method), 0, images, np.arange(n), spec),
                          Outputs(d / f"{label}.pt", d / f"{label}.ckpt", d / f"{label}.csv"),
                          log=lambda m: print(method, m), stop_after_epoch=stop)
         out[label] = {"seconds": round(time.time() - t0, 1), "final_loss": r.final_loss,

@@ -1,6 +1,6 @@
 """A preset's pretrain and evaluate jobs on one GPU without DVC or MLflow (the GPU machine has neither).
 
-Each (method, split) job runs the stages' own functions (``sdclr.train.pretrain``,
+Each (method, split) job runs the stages' own functions (``sdclr.pretrain_loop.pretrain``,
 ``sdclr.evaluate.evaluate_encoder``) in its own process, ``--concurrent`` of them at a
 time on the same GPU, split by split so that complete splits finish first; no job starts
 once ``--deadline`` seconds have passed since the start. It writes the files the report
@@ -45,8 +45,8 @@ def load_params(preset: str, device: str, sets: list[str]):
     import yaml
 
     from benchmarks.pretrain_throughput import apply_overrides
-    from sdclr.config import parse_params
     from sdclr.pipeline.presets import apply_preset
+    from sdclr.registry import parse_params
 
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "params.yaml"
@@ -69,10 +69,11 @@ def job(args) -> None:
     from sdclr.evaluate import evaluate_encoder
     from sdclr.methods.base import Method
     from sdclr.models import build_model
-    from sdclr.pipeline.numerics import describe
+    from sdclr.pretrain_loop import Job, Outputs, pretrain
+    from sdclr.registry import method_class
+    from sdclr.runtime.numerics import describe
     from sdclr.storage.encoder_file import ModelSpec, load_encoder
     from sdclr.storage.io import load_raw, write_json
-    from sdclr.train import Job, Outputs, pretrain
 
     params = load_params(args.preset, args.device, args.set)
     device = resolve_device(params.device)
@@ -87,7 +88,7 @@ def job(args) -> None:
         net = build_model(params.model.width, spec.in_channels, spec.mean, spec.std, Method.head_spec(params))
     else:
         encoder = out / "models" / args.method / f"split{args.split}.pt"
-        job = Job(args.method, args.split, train["images"], split["longtail"], spec)
+        job = Job(method_class(args.method), args.split, train["images"], split["longtail"], spec)
         history = out / "pretrain" / args.method / f"split{args.split}.csv"
         result = pretrain(params, job, Outputs(encoder, encoder.with_suffix(".ckpt"), history),
                           log=lambda m: print(m, flush=True))
@@ -147,7 +148,8 @@ def run(args) -> None:
                     continue
                 del running[key]
                 rec = _job_record(out, *key) or {"method": key[0], "split": key[1], "error": f"exit {proc.returncode}"}
-                jobs.write(json.dumps({**rec, "concurrent": args.concurrent, "finished_at_s": round(time.time() - start, 1)})
+                jobs.write(json.dumps({**rec, "concurrent": args.concurrent,
+                                       "finished_at_s": round(time.time() - start, 1)})
                            + "\n")
                 jobs.flush()
                 print(f"[{time.time() - start:5.0f}s] done {key[0]} split {key[1]}: {rec}", flush=True)

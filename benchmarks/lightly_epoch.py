@@ -7,7 +7,7 @@ the same long-tail subset (split ``--split`` of the default pipeline's ``data/``
 ``augment.crop_scale`` and horizontal flips (no colour ops: 1-channel images). What differs is
 what each library brings: lightly's ``SimCLRTransform`` (PIL, per image, in a ``DataLoader``),
 ``SimCLRProjectionHead`` and ``NTXentLoss``; here, the batched on-device augmentation and
-``sdclr.training.Training.step``. Each side runs in its own process under the stages' numerics
+``sdclr.pretrain_step.Training.step``. Each side runs in its own process under the stages' numerics
 pins (``numerics: portable`` = one thread; ``--loader-workers`` adds lightly's loader processes).
 
     pip install --target .bench/lightly --no-deps lightly==1.6.0 lightning_utilities
@@ -33,15 +33,15 @@ LIGHTLY = ROOT / ".bench" / "lightly"
 
 def _setup(numerics_mode: str):
     sys.path[:0] = [str(ROOT), str(LIGHTLY)]
-    from sdclr.pipeline import numerics
+    from sdclr.runtime import numerics
 
     numerics.pin(numerics_mode)
     import torch
 
     numerics.apply(numerics_mode)
-    from sdclr.config import load_params
     from sdclr.data.device_data import channel_stats
     from sdclr.data.longtail import load_split
+    from sdclr.registry import load_params
     from sdclr.storage.io import load_raw
 
     params = load_params(ROOT / "params.yaml")
@@ -52,12 +52,14 @@ def _setup(numerics_mode: str):
 def ours(args) -> tuple[float, int]:
     """Seconds per step of this project's SimCLR (``Training.step``: augmentation, forward, backward, SGD)."""
     torch, params, train, load_split, channel_stats = _setup(args.numerics)
+    from sdclr.pretrain_loop import Job, build
+    from sdclr.registry import method_class
     from sdclr.storage.encoder_file import ModelSpec
-    from sdclr.train import Job, build
 
     images = train["images"]
     split = load_split(ROOT / "data" / "splits" / params.data.dataset, args.split, num_train=len(images))
-    training = build(params, Job("simclr", args.split, images, split["longtail"], ModelSpec(images.shape[-1], *channel_stats(images))))
+    spec = ModelSpec(images.shape[-1], *channel_stats(images))
+    training = build(params, Job(method_class("simclr"), args.split, images, split["longtail"], spec))
     training.step_fn.train()
     batches = torch.randperm(len(training.positions)).split(training.local_batch)
     for idx in batches[: args.warmup]:
@@ -138,13 +140,14 @@ def main() -> None:
         print(json.dumps({"s_per_step": seconds, "steps_per_epoch": steps}))
         return
     sys.path.insert(0, str(ROOT))
-    from sdclr.pipeline.numerics import cpu_model
+    from sdclr.runtime.numerics import cpu_model
 
     rows = []
     for repeat in range(args.repeats):
         for side in ("ours", "lightly"):
             cmd = [sys.executable, __file__, "--side", side, "--split", str(args.split), "--steps", str(args.steps),
-                   "--warmup", str(args.warmup), "--numerics", args.numerics, "--loader-workers", str(args.loader_workers)]
+                   "--warmup", str(args.warmup), "--numerics", args.numerics,
+                   "--loader-workers", str(args.loader_workers)]
             out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
             if out.returncode != 0:
                 sys.exit(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"{side} failed")
@@ -159,7 +162,8 @@ def main() -> None:
                 with args.out.open("a") as f:
                     f.write(json.dumps(row) + "\n")
     ratio = [o["s_per_step"] / lt["s_per_step"] for o, lt in zip(rows[::2], rows[1::2])]
-    print(f"ours / lightly per epoch: median {statistics.median(ratio):.3f} (min {min(ratio):.3f}, max {max(ratio):.3f}, "
+    print(f"ours / lightly per epoch: median {statistics.median(ratio):.3f} "
+          f"(min {min(ratio):.3f}, max {max(ratio):.3f}, "
           f"{len(ratio)} alternating pairs)")
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What the vendor-independent MKL pin (MKL_CBWR=COMPATIBLE, sdclr/pipeline/numerics.py) costs per stage against the
+# What the vendor-independent MKL pin (MKL_CBWR=COMPATIBLE, sdclr/runtime/numerics.py) costs per stage against the
 # AVX2 pin it replaced: the default's SimCLR pretraining (2 of its 6 epochs, to keep the call short; start-up
 # included) and evaluation stages on split 0, timed side by side by farm-bench (A = COMPATIBLE, B = AVX2, in
 # turn; quote the medians and the paired ratio A/B).

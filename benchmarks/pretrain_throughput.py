@@ -1,6 +1,6 @@
 """Pretraining throughput and peak memory per method: one JSON line per configuration.
 
-Builds each run through the training code itself (``sdclr.train.build``: data on the
+Builds each run through the training code itself (``sdclr.pretrain_loop.build``: data on the
 device, model, method, optimizer, precision, memory format, compile) and times its
 ``Training.step`` (augmentation on the device, forward of every branch, backward, SGD)
 on synthetic uint8 images, so it can never measure something training does not run.
@@ -61,16 +61,15 @@ def apply_overrides(raw: dict, items: list[str]) -> None:
 
 
 def measure(args) -> dict:
-    """Build the run exactly as training does (``sdclr.train.build``) and time ``Training.step``."""
+    """Build the run exactly as training does (``sdclr.pretrain_loop.build``) and time ``Training.step``."""
     import numpy as np
     import torch
     import yaml
 
-    from sdclr.config import parse_params
-    from sdclr.methods import method_class
-    from sdclr.pipeline.numerics import cpu_model
+    from sdclr.pretrain_loop import Job, build
+    from sdclr.registry import method_class, parse_params
+    from sdclr.runtime.numerics import cpu_model
     from sdclr.storage.encoder_file import ModelSpec
-    from sdclr.train import Job, build
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["device"] = args.device
@@ -86,7 +85,7 @@ def measure(args) -> dict:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (args.train_images, args.size, args.size, args.channels), dtype=np.uint8)
     spec = ModelSpec(args.channels, [0.5] * args.channels, [0.25] * args.channels)
-    t = build(params, Job(args.method, 0, images, np.arange(args.train_images), spec))
+    t = build(params, Job(method_class(args.method), 0, images, np.arange(args.train_images), spec))
     device = t.data.device
     if args.cudnn_benchmark != "auto":  # a lever measured on its own (build turns it on for CUDA)
         torch.backends.cudnn.benchmark = args.cudnn_benchmark == "on"
@@ -129,7 +128,8 @@ def measure(args) -> dict:
     return {
         "method": args.method, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if on_cuda else f"cpu: {cpu_model()}",
-        "cpu_kernels": torch.backends.cpu.get_cpu_capability(), "concurrent": int(os.environ.get("BENCH_CONCURRENT", 1)),
+        "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
+        "concurrent": int(os.environ.get("BENCH_CONCURRENT", 1)),
         "allocator": os.environ.get("BENCH_ALLOCATOR", "system"),
         "width": args.width, "batch": args.batch, "size": args.size, "channels": args.channels,
         "head": asdict(cls.head_spec(params)), "overrides": args.set or [], "amp": args.amp,
@@ -220,7 +220,8 @@ def main() -> None:
                         "torch's default (foreach on CUDA)")
     p.add_argument("--repeats", type=int, default=3, help="timed windows of --steps steps; the median counts")
     p.add_argument("--train-images", type=int, default=13_399,
-                   help="training-set size = sbid memory-bank entries (default: the Fashion-MNIST-LT subset of params.yaml)")
+                   help="training-set size = sbid memory-bank entries "
+                        "(default: the Fashion-MNIST-LT subset of params.yaml)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a params.yaml key for every configuration, e.g. --set sbid.negatives=4096")
     p.add_argument("--steps", type=int, default=20, help="timed steps")

@@ -52,13 +52,14 @@ def main() -> None:
     p.add_argument("--train-images", type=int, required=True, help="images in one long-tail training subset")
     p.add_argument("--results", type=Path, help="a pretrain_throughput.py --out file")
     p.add_argument("--rate", action="append", default=[], metavar="METHOD=IMAGES_PER_S")
-    p.add_argument("--conventional", type=float, help="images/s of a conventional pipeline, applied to SimCLR and SDCLR")
+    p.add_argument("--conventional", type=float,
+                   help="images/s of a conventional pipeline, applied to SimCLR and SDCLR")
     args = p.parse_args()
 
     import yaml
 
-    from sdclr.config import PRESET_DIR, parse_params
-    from sdclr.methods import METHODS, method_class
+    from sdclr.config import PRESET_DIR
+    from sdclr.registry import METHODS, method_class, parse_params
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     merge(raw, yaml.safe_load((PRESET_DIR / f"{args.preset}.yaml").read_text()))
@@ -69,7 +70,8 @@ def main() -> None:
     print(json.dumps({"preset": args.preset, "rates": rates,
                       **project(epochs, len(params.subsample.splits), args.train_images, rates)}))
     if args.conventional:
-        conventional = {m: args.conventional for m in ("simclr", "sdclr")} | {m: r for m, r in rates.items() if m == "sbid"}
+        conventional = {m: args.conventional for m in ("simclr", "sdclr")} | {m: r for m,
+                                                                              r in rates.items() if m == "sbid"}
         print(json.dumps({"preset": args.preset, "pipeline": "conventional", "rates": conventional,
                           **project(epochs, len(params.subsample.splits), args.train_images, conventional)}))
 

@@ -2,7 +2,7 @@
 
     python benchmarks/stage_under_pins.py MKL_CBWR=AVX2 -- stages/pretrain.py --method simclr ...
 
-The stage itself pins its kernels first thing (``sdclr.pipeline.numerics.pin_before_torch``), so an
+The stage itself pins its kernels first thing (``sdclr.runtime.numerics.pin_before_torch``), so an
 environment variable set outside would be overwritten; this wrapper changes the pin table
 before the stage reads it. Used by ``benchmarks/pin_cost.sh`` to time the same stage under the
 old and the new pins side by side (``farm-bench --vs``).
@@ -11,7 +11,7 @@ old and the new pins side by side (``farm-bench --vs``).
 import runpy
 import sys
 
-from sdclr.pipeline import numerics
+from sdclr.runtime import numerics
 
 split = sys.argv.index("--")
 for item in sys.argv[1:split]:

@@ -30,7 +30,6 @@ sys.path.insert(0, str(ROOT))
 def knn_accuracy(pool_x, pool_y, val_x, val_y, kind: str, k: int, temperature: float) -> float:
     """Mean per-class validation accuracy of the evaluation's kNN on ``kind`` (std | raw) features."""
     import numpy as np
-    import torch
 
     from sdclr.evaluate import knn_predict, standardiser
     from sdclr.metrics import per_class_accuracy
@@ -54,7 +53,7 @@ def main() -> None:
     if (args.method is None) == (args.encoder is None):
         p.error("give --method or --encoder")
 
-    from sdclr.pipeline.numerics import pin
+    from sdclr.runtime.numerics import pin
 
     pin("portable")
     import numpy as np
@@ -62,16 +61,16 @@ def main() -> None:
     import yaml
 
     from benchmarks.pretrain_throughput import apply_overrides
-    from sdclr.config import parse_params
     from sdclr.data.device_data import channel_stats
     from sdclr.data.longtail import load_split
     from sdclr.evaluate import Heldout, extract_features, linear_probe
     from sdclr.methods.base import Method
     from sdclr.models import build_model
-    from sdclr.pipeline.numerics import apply
+    from sdclr.pretrain_loop import Job, Outputs, pretrain
+    from sdclr.registry import method_class, parse_params
+    from sdclr.runtime.numerics import apply
     from sdclr.storage.encoder_file import ModelSpec, load_encoder
     from sdclr.storage.io import load_raw
-    from sdclr.train import Job, Outputs, pretrain
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     apply_overrides(raw, args.set)
@@ -90,7 +89,8 @@ def main() -> None:
         folder = args.work / f"{args.method}-split{args.split}-{'-'.join(args.set) or 'default'}".replace("/", "_")
         folder.mkdir(parents=True, exist_ok=True)
         if not (folder / "encoder.pt").exists():
-            job = Job(args.method, args.split, images, split["longtail"], ModelSpec(images.shape[-1], *channel_stats(images)))
+            job = Job(method_class(args.method), args.split, images, split["longtail"],
+                      ModelSpec(images.shape[-1], *channel_stats(images)))
             pretrain(params, job, Outputs(folder / "encoder.pt", folder / "checkpoint.ckpt"), log=lambda line: None)
         net = load_encoder(folder / "encoder.pt")[0]
     seconds = time.perf_counter() - t0
@@ -104,7 +104,8 @@ def main() -> None:
     few = torch.from_numpy(np.searchsorted(pool, split["fewshot"]))
     row = {"method": args.method or str(args.encoder), "split": args.split, "set": args.set,
            "pretrain_s": round(seconds, 1),
-           "full_shot_val": linear_probe(pool_x, pool_y, heldout, probe, probe.full_shot_epochs, params.seed).val_accuracy,
+           "full_shot_val": linear_probe(pool_x, pool_y, heldout, probe, probe.full_shot_epochs,
+                                         params.seed).val_accuracy,
            "few_shot_val": linear_probe(pool_x[few], pool_y[few], heldout, probe, probe.few_shot_epochs,
                                         params.seed).val_accuracy}
     for setting in args.knn.split(","):

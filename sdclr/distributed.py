@@ -61,7 +61,7 @@ def relaunch_under_torchrun(nproc: int) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            os.path.abspath(sys.argv[0]), *sys.argv[1:]]
     print(f"pretrain.nproc = {nproc}: launching {' '.join(cmd[1:])}", flush=True)
-    # a cluster job's time-limit warning (SIGUSR1, sdclr.pipeline.time_limit) would kill torchrun: it is
+    # a cluster job's time-limit warning (SIGUSR1, sdclr.runtime.time_limit) would kill torchrun: it is
     # ignored, and the next job resumes from the last periodic checkpoint instead
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     os.execv(sys.executable, cmd)

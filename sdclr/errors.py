@@ -49,4 +49,4 @@ class OutputError(SdclrError):
 
 class TimeLimitStop(SdclrError):
     """A job's time-limit warning came: the run saved its checkpoint and stops for the next job
-    to resume it (:mod:`sdclr.pipeline.time_limit`)."""
+    to resume it (:mod:`sdclr.runtime.time_limit`)."""

@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from sdclr.config import EvaluateParams, ProbeParams
-from sdclr.errors import ConfigError
 from sdclr.data.device_data import to_device_uint8
 from sdclr.data.longtail import groups_of
+from sdclr.errors import ConfigError
 from sdclr.metrics import few_shot_label, few_shot_name, group_report, per_class_accuracy, probe_kinds
 
 #: the params an evaluate stage reads (dvc.yaml lists them; ``evaluate-random`` adds ``model``,
@@ -165,7 +165,8 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, heldout: Heldout,
         perm = torch.randperm(n, generator=g).to(tx.device)
         for start in range(0, n, bs):
             idx = perm[start : start + bs]
-            sgd.step(F.cross_entropy(head(tx[idx]), train_y[idx]), probe.lr * 0.5 * (1 + math.cos(math.pi * step / steps)))
+            sgd.step(F.cross_entropy(head(tx[idx]), train_y[idx]),
+                     probe.lr * 0.5 * (1 + math.cos(math.pi * step / steps)))
             step += 1
         selection.after_epoch(head, epoch + 1)
     return dataclasses.replace(selection.result(), head=head)
@@ -224,7 +225,8 @@ def bcl_probe(train_x: torch.Tensor, train_y: torch.Tensor, heldout: Heldout, pr
     return ProbeResult(best_epoch=epochs, val_accuracy=val, test_pred=test_pred, val_curve=[val])
 
 
-def few_shot_subsets(pool: np.ndarray, labels: np.ndarray, shots: list[int], seed: int, split: int) -> dict[int, np.ndarray]:
+def few_shot_subsets(pool: np.ndarray, labels: np.ndarray, shots: list[int], seed: int,
+                     split: int) -> dict[int, np.ndarray]:
     """{n: sorted train-set indices of n images per class of the balanced ``pool``}, nested.
 
     One random order of each class's pool images per (seed, split); each subset is its first

@@ -13,6 +13,7 @@ whole global batch's negatives. In one process the gather is the identity.
 from __future__ import annotations
 
 import math
+
 import torch
 from torch.nn import functional as F
 
@@ -124,7 +125,8 @@ def bank_instance_loss(z_hat: torch.Tensor, bank_rows: torch.Tensor, own: torch.
     Returns ``(loss, y − q, mean H(p), mean H(q))`` with q = softmax(cos/τ): the residual
     drives the gradient-derived bank update, the entropies are logged. Equal in value and
     gradient to the autograd composition of ``F.cross_entropy`` and
-    the sqrt self-distillation term (``tests/reference_ops.py``, compared in ``tests/test_losses.py``), but several times cheaper on a
+    the sqrt self-distillation term (``tests/reference_ops.py``, compared in ``tests/test_losses.py``), but
+    several times cheaper on a
     CPU, where these B×K passes cost as much as the encoder.
     """
     dtype = torch.promote_types(z_hat.dtype, torch.float32)

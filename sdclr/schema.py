@@ -97,7 +97,8 @@ def _type_name(tp) -> str:
     if origin is list:
         return f"a list of {_type_name(typing.get_args(tp)[0]).removeprefix('an ').removeprefix('a ')}s"
     if origin is tuple:
-        return f"a list of {len(typing.get_args(tp))} {_type_name(typing.get_args(tp)[0]).removeprefix('an ').removeprefix('a ')}s"
+        item = _type_name(typing.get_args(tp)[0]).removeprefix("an ").removeprefix("a ")
+        return f"a list of {len(typing.get_args(tp))} {item}s"
     if dataclasses.is_dataclass(tp):
         return "a mapping of keys"
     return str(tp)
@@ -158,17 +159,19 @@ def _coerce(value: Any, tp, key: str) -> Any:
     raise TypeError(f"unsupported annotation {tp!r} for {key}")
 
 
-def build(cls, raw: dict, prefix: str, blocks: dict[str, type] | None = None):
+def build(cls, raw: dict, prefix: str, blocks: dict[str, type] | None = None, strict: bool = True):
     """``cls`` from the mapping ``raw`` at ``prefix``, every field checked.
 
     ``blocks``: further keys this level accepts, each built as its own dataclass (the methods'
-    blocks at the top level) and handed to ``cls`` as one ``blocks`` mapping."""
+    blocks at the top level) and handed to ``cls`` as one ``blocks`` mapping. ``strict=False``
+    leaves keys of this level that are neither fields nor ``blocks`` unchecked (a stage that
+    reads one method's block, on a file holding others')."""
     blocks = blocks or {}
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.name != "blocks"]
     names = [f.name for f in fields] + list(blocks)
     where = f"`{prefix}`" if prefix else "the top level"
-    for k in raw:
+    for k in raw if strict else ():
         if k not in names:
             raise ParamError(
                 f"unknown key {join(prefix, k)!r} at {where}; accepted keys there: {', '.join(names)}."
@@ -181,7 +184,8 @@ def build(cls, raw: dict, prefix: str, blocks: dict[str, type] | None = None):
                              "add it to the file.")
     kwargs = {f.name: _field_value(f, hints[f.name], raw[f.name], join(prefix, f.name)) for f in fields}
     if blocks:
-        kwargs["blocks"] = {name: build(block, _mapping(raw[name], block, name), name) for name, block in blocks.items()}
+        kwargs["blocks"] = {name: build(block, _mapping(raw[name], block, name), name)
+                            for name, block in blocks.items()}
     return cls(**kwargs)
 
 

@@ -1,13 +1,13 @@
 """Stage `download`: put the official dataset into data/raw/<dataset>/ as verified .npz."""
 
-from sdclr.pipeline.numerics import pin_before_torch
+from sdclr.runtime.numerics import pin_before_torch
 
-pin_before_torch()  # first: reading params loads every method's module, and with it torch (sdclr/config.py)
+pin_before_torch()  # first: torch reads its kernel level once, when it loads (sdclr/runtime/numerics.py)
 
 from pathlib import Path
 
 from sdclr.data.sources import fetch_dataset
-from sdclr.pipeline.stage import run_stage
+from sdclr.stage import run_stage
 
 
 def main(params, args):

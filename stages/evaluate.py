@@ -7,9 +7,9 @@ land on that pretraining run, the (method, split) row of the runs table. The tim
 took goes to MLflow and to the machine-dependent ``--cost`` file (not a DVC output).
 """
 
-from sdclr.pipeline.numerics import pin_before_torch
+from sdclr.runtime.numerics import pin_before_torch
 
-pin_before_torch()  # first: torch reads its kernel level once, when it loads (sdclr/pipeline/numerics.py)
+pin_before_torch()  # first: torch reads its kernel level once, when it loads (sdclr/runtime/numerics.py)
 
 import time
 from pathlib import Path
@@ -22,11 +22,10 @@ from sdclr.data.longtail import load_split, split_file
 from sdclr.device import resolve_device
 from sdclr.errors import ConfigError
 from sdclr.evaluate import STAGE_PARAMS, evaluate_encoder, flat_metrics
-from sdclr.methods import METHODS
 from sdclr.methods.base import Method
 from sdclr.models import build_model
-from sdclr.pipeline import cost, tracking
-from sdclr.pipeline.stage import run_stage
+from sdclr.runtime import cost, tracking
+from sdclr.stage import run_stage
 from sdclr.storage.encoder_file import load_encoder
 from sdclr.storage.io import load_raw, md5_file, write_json
 
@@ -77,7 +76,7 @@ def main(params, args):
 
 
 def add_arguments(p):
-    p.add_argument("--method", required=True, choices=[*METHODS, "random"])
+    p.add_argument("--method", required=True, help="the method whose encoder this is (its name), or random")
     p.add_argument("--split", required=True, type=int)
     p.add_argument("--model", type=Path, help="the encoder file (not with --method random)")
     for name, what in (("raw", "the dataset folder (train.npz, test.npz)"), ("splits", "the splits folder"),

@@ -11,9 +11,9 @@ Runs unchanged under ``torchrun --nproc_per_node N`` (DistributedDataParallel; r
 writes and tracks); with ``pretrain.nproc > 1`` it launches torchrun itself.
 """
 
-from sdclr.pipeline.numerics import pin_before_torch
+from sdclr.runtime.numerics import pin_before_torch
 
-pin_before_torch()  # first: torch reads its kernel level once, when it loads (sdclr/pipeline/numerics.py)
+pin_before_torch()  # first: torch reads its kernel level once, when it loads (sdclr/runtime/numerics.py)
 
 import os
 from pathlib import Path
@@ -23,12 +23,12 @@ from sdclr.config import as_flat_dict
 from sdclr.data.device_data import channel_stats, example_batch
 from sdclr.data.longtail import class_and_group, load_split, split_file
 from sdclr.device import resolve_device
-from sdclr.methods import METHODS, method_class
-from sdclr.pipeline import cost, tracking
-from sdclr.pipeline.stage import run_stage
+from sdclr.methods.base import declared_by, load_method
+from sdclr.pretrain_loop import Job, Outputs, checkpoint_run_id, pretrain
+from sdclr.runtime import cost, tracking
+from sdclr.stage import run_stage
 from sdclr.storage.encoder_file import ModelSpec, load_encoder
 from sdclr.storage.io import load_raw, md5_file
-from sdclr.train import Job, Outputs, checkpoint_run_id, pretrain
 
 
 def main(params, args):
@@ -40,19 +40,20 @@ def main(params, args):
     train_set = load_raw(args.raw, parts=("train",)).train  # verified against the download's checksums
     images = train_set["images"]
     split = load_split(args.splits, args.split, params.subsample.splits, num_train=len(images))
-    job = Job(args.method, args.split, images, split["longtail"], ModelSpec(images.shape[-1], *channel_stats(images)))
+    cls = load_method(args.method)
+    job = Job(cls, args.split, images, split["longtail"], ModelSpec(images.shape[-1], *channel_stats(images)))
     try:
         if not ctx.is_main:  # the other ranks train; rank 0 writes and tracks
             pretrain(params, job, Outputs(args.out, args.checkpoint))
             return
-        cls = method_class(args.method)
         logged = {**tracking.select_params(as_flat_dict(params), cls.stage_params()), **cls.resolved_params(params),
-                  "method": args.method, "split": args.split}
+                  "method": cls.name, "split": args.split}
         machine = cost.machine(device, params.numerics)
-        tags = {"dataset": params.data.dataset, "method": args.method, "split": args.split, "stage": "pretrain",
-                "world_size": ctx.world_size, "data_split_md5": md5_file(split_file(args.splits, args.split)), **machine}
+        tags = {"dataset": params.data.dataset, "method": cls.name, "split": args.split, "stage": "pretrain",
+                "world_size": ctx.world_size, "data_split_md5": md5_file(split_file(args.splits, args.split)),
+                **machine}
         resume = checkpoint_run_id(args.checkpoint, params, job, ctx.world_size)
-        with tracking.Run(tracking.experiment_name(params.data.dataset), f"pretrain-{args.method}-split{args.split}",
+        with tracking.Run(tracking.experiment_name(params.data.dataset), f"pretrain-{cls.name}-split{args.split}",
                           logged, tags, "stages/pretrain.py", resume_run_id=resume) as run:
             per_image_info = class_and_group(train_set["labels"][split["longtail"]], split["class_order"])
             outputs = Outputs(args.out, args.checkpoint, args.history, args.per_image, per_image_info)
@@ -62,18 +63,19 @@ def main(params, args):
             if os.environ.get("SDCLR_LOG_MODEL", "1") != "0":
                 encoder = load_encoder(args.out)[0].backbone
                 run.log_model(encoder, example_batch(images), {**tags, "model_md5": model_md5})
-        cost.record(f"pretrain/{args.method}/split{args.split}", {
+        cost.record(f"pretrain/{cls.name}/split{args.split}", {
             "seconds": round(result.seconds, 1), "images_per_s": round(result.images_per_s, 1),
             "epochs": result.epochs_run, "resumed_from_epoch": result.resumed_from_epoch, **machine,
             "device": machine["device"] + (f" x{ctx.world_size}" if ctx.world_size > 1 else "")}, args.cost)
     finally:
         distributed.shutdown()
     args.checkpoint.unlink(missing_ok=True)  # the final encoder supersedes the resume checkpoint
-    print(f"{args.method} split {args.split}: {result.summary()} → {args.out}")
+    print(f"{cls.name} split {args.split}: {result.summary()} → {args.out}")
 
 
 def add_arguments(p):
-    p.add_argument("--method", required=True, choices=list(METHODS))
+    p.add_argument("--method", required=True, metavar="MODULE:CLASS",
+                   help="the method's class, as sdclr/registry.py lists it (e.g. sdclr.methods.simclr:SimCLR)")
     p.add_argument("--split", required=True, type=int)
     for name, what in (("raw", "the dataset folder (train.npz)"), ("splits", "the splits folder"),
                        ("out", "the encoder file to write"), ("history", "the per-epoch history CSV to write"),
@@ -83,4 +85,5 @@ def add_arguments(p):
 
 
 if __name__ == "__main__":
-    run_stage(main, __doc__, add_arguments, outputs=("out", "history", "checkpoint", "per_image"), shared_outputs=("cost",))
+    run_stage(main, __doc__, add_arguments, outputs=("out", "history", "checkpoint", "per_image"),
+              shared_outputs=("cost",), declared=lambda args: declared_by(load_method(args.method)))

@@ -1,19 +1,20 @@
 """Stage `report`: every metrics file and history → scores/<method>.json (the DVC metrics), summary.json,
 pretrain_loss.csv (the DVC loss plot), report.md and figures/ under ``--out``."""
 
-from sdclr.pipeline.numerics import pin_before_torch
+from sdclr.runtime.numerics import pin_before_torch
 
-pin_before_torch()  # first: torch reads its kernel level once, when it loads (sdclr/pipeline/numerics.py)
+pin_before_torch()  # first: torch reads its kernel level once, when it loads (sdclr/runtime/numerics.py)
 
 from pathlib import Path
 
 from sdclr.config import as_flat_dict
 from sdclr.errors import DataError
-from sdclr.pipeline import tracking
-from sdclr.pipeline.stage import run_stage
+from sdclr.registry import declared
 from sdclr.report import write_report
 from sdclr.report.deviations import deviations
 from sdclr.report.markdown import markdown_table
+from sdclr.runtime import tracking
+from sdclr.stage import run_stage
 
 
 def main(params, args):
@@ -21,7 +22,8 @@ def main(params, args):
     missing = [m for m in params.methods if not (args.metrics / m).is_dir()]
     if missing:
         raise DataError(f"params.yaml lists {', '.join(missing)} in methods, but {args.metrics} has no metrics for "
-                        "them: dvc.yaml has no stages for them yet; run `python -m sdclr.pipeline.dvc_stages`, then `dvc repro`.")
+                        "them: dvc.yaml has no stages for them yet; run `python -m sdclr.pipeline.dvc_stages`, then "
+                        "`dvc repro`.")
     agg = write_report(args.metrics, args.history, args.splits / "summary.json", params, args.out, deviations(params))
     tags = {"dataset": params.data.dataset, "stage": "report"}
     with tracking.Run(tracking.report_experiment_name(params.data.dataset), "report", as_flat_dict(params), tags,
@@ -43,4 +45,4 @@ def add_arguments(p):
 
 
 if __name__ == "__main__":
-    run_stage(main, __doc__, add_arguments, outputs=("out",))
+    run_stage(main, __doc__, add_arguments, outputs=("out",), declared=lambda args: declared())

@@ -1,13 +1,13 @@
 """Stage `subsample`: balanced validation hold-out and the long-tail / balanced / few-shot splits."""
 
-from sdclr.pipeline.numerics import pin_before_torch
+from sdclr.runtime.numerics import pin_before_torch
 
-pin_before_torch()  # first: reading params loads every method's module, and with it torch (sdclr/config.py)
+pin_before_torch()  # first: torch reads its kernel level once, when it loads (sdclr/runtime/numerics.py)
 
 from pathlib import Path
 
 from sdclr.data.longtail import make_splits, write_splits
-from sdclr.pipeline.stage import run_stage
+from sdclr.stage import run_stage
 from sdclr.storage.io import load_raw
 
 

@@ -2,7 +2,7 @@
 
 The suite runs with the portable kernels (AVX2), pinned here before anything imports
 torch: its numbers are then the same on every x86-64 CPU, and a stage called in-process
-passes the pin check of :func:`sdclr.pipeline.numerics.apply`. The thread count is left to each
+passes the pin check of :func:`sdclr.runtime.numerics.apply`. The thread count is left to each
 test (a stage run in a subprocess pins its own); under pytest-xdist (``scripts/test.sh``
 runs one worker per core) each worker's torch gets its share of the cores, so the workers
 do not oversubscribe them.
@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from sdclr.pipeline.numerics import PORTABLE_ENV, has_avx2
+from sdclr.runtime.numerics import PORTABLE_ENV, has_avx2
 
 if has_avx2() and any(os.environ.get(k) != v for k, v in PORTABLE_ENV.items()):  # (test modules re-import it)
     assert "torch" not in sys.modules, "tests/conftest.py must pin the kernels before torch is imported"

@@ -23,10 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sdclr import distributed  # noqa: E402
-from sdclr.config import parse_params  # noqa: E402
-from sdclr.methods import method_class  # noqa: E402
 from sdclr.models import build_model  # noqa: E402
 from sdclr.pruning import mask_fingerprint  # noqa: E402
+from sdclr.registry import (
+    method_class,  # noqa: E402
+    parse_params,  # noqa: E402
+)
 
 GLOBAL_BATCH, BANK = 16, 40
 

@@ -93,7 +93,8 @@ def dvc(dest: Path, *args: str, env: dict | None = None, check: bool = True, tim
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         stdout, stderr = proc.communicate()
-        raise AssertionError(f"dvc {' '.join(args)} ran past {timeout} s and was killed:\n{stdout[-4000:]}\n{stderr[-4000:]}")
+        raise AssertionError(f"dvc {' '.join(args)} ran past {timeout} s and was killed:\n{stdout[-4000:]}\n"
+                             f"{stderr[-4000:]}") from None
     result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     if check and result.returncode != 0:
         raise AssertionError(f"dvc {' '.join(args)} failed ({result.returncode}):\n{stdout}\n{stderr}")

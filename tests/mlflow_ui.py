@@ -37,7 +37,8 @@ class Server:
             return json.loads(r.read() or b"{}")
 
     def screenshot(self, url: str, out: Path, size: str = "1600,900") -> Path:
-        """A PNG of ``url`` (a page of this server, e.g. ``tracking.runs_link(id, server.url)``) once its scripts have run."""
+        """A PNG of ``url`` (a page of this server, e.g. ``tracking.runs_link(id, server.url)``) once its scripts
+        have run."""
         out.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                         f"--window-size={size}", "--virtual-time-budget=25000", f"--screenshot={out}",
@@ -101,7 +102,8 @@ def check_runs_view(server: Server, experiment: str, methods: tuple[str, ...], m
     shown = server.api("/api/2.0/mlflow/runs/search", {  # what the view's table asks the server for
         "experiment_ids": [exp["experiment_id"]], "filter": state["searchFilter"], "max_results": 500,
         "order_by": [f"{state['orderByKey']} DESC"]})["runs"]
-    expected = {f"{'evaluate' if m == 'random' else 'pretrain'}-{m}-split{s}" for m in ("random", *methods) for s in splits}
+    expected = {f"{'evaluate' if m == 'random' else 'pretrain'}-{m}-split{s}"
+                for m in ("random", *methods) for s in splits}
     assert sorted(r["info"]["run_name"] for r in shown) == sorted(expected)  # one row per (method, split)
     full_shot = [next(x["value"] for x in r["data"]["metrics"] if x["key"] == "full_shot_accuracy") for r in shown]
     assert full_shot == sorted(full_shot, reverse=True)

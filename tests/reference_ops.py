@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
 from torch import nn
 
 from sdclr.data.augment import rgb_to_grayscale

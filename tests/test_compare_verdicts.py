@@ -98,7 +98,8 @@ def test_an_output_with_other_bytes_is_named_even_when_every_score_and_verdict_i
     _git(repo, "add", "-A")
     _git(repo, "commit", "-qm", "report")
     line = comparison_line(repo)
-    assert line == "compare: identical to the committed report (every score and verdict, and 1 output byte for byte).", line
+    assert line == ("compare: identical to the committed report (every score and verdict, and 1 output byte "
+                    "for byte)."), line
 
     (repo / "make.py").write_text((repo / "make.py").read_text().replace("0.762", "0.7621666666666667"))
     dvc("repro", "-q")

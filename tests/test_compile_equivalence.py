@@ -1,7 +1,7 @@
 """torch.compile changes the speed of training, never what it learns.
 
 The requirement: with ``pretrain.compile`` on (the network's forward and the
-augmentation's pure transform compiled, :func:`sdclr.train.build`), the loss curve is the
+augmentation's pure transform compiled, :func:`sdclr.pretrain_loop.build`), the loss curve is the
 plain path's to within float noise over 50 steps from the same seed, compared here on the
 CPU in fp32 (``amp: off``, ``channels_last: off``) through the training code itself
 (``build`` + ``Training.step``), with real Inductor kernels.
@@ -33,12 +33,13 @@ import pytest
 import torch
 import yaml
 
-from sdclr.config import Params, parse_params
+from sdclr.config import Params
 from sdclr.data.augment import BatchAugment
 from sdclr.errors import ParamError
+from sdclr.pretrain_loop import Job, build
+from sdclr.pretrain_step import Training
+from sdclr.registry import method_class, parse_params
 from sdclr.storage.encoder_file import ModelSpec
-from sdclr.train import Job, build
-from sdclr.training import Training
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 50
@@ -79,7 +80,7 @@ def synthetic_images(channels: int = 3) -> np.ndarray:
 def start(params: Params, method: str) -> tuple[Training, list[str]]:
     """A run as the pretrain stage builds it, its messages collected instead of printed."""
     images = synthetic_images()
-    t = build(params, Job(method, 0, images, np.arange(len(images)), ModelSpec(3, [0.5] * 3, [0.25] * 3)))
+    t = build(params, Job(method_class(method), 0, images, np.arange(len(images)), ModelSpec(3, [0.5] * 3, [0.25] * 3)))
     notes: list[str] = []
     t.log = notes.append
     t.step_fn.train()
@@ -196,7 +197,7 @@ def test_nothing_compiles_before_the_first_step(tmp_path):
     """Compiling waits for the first step, the only place with the eager fallback: sbid's bank
     fill pass (``restore`` → ``initialise``) runs the network before it and must run it eagerly.
     (Compiling in ``build`` made a failing compile crash sbid there instead of falling back.)"""
-    from sdclr.train import restore
+    from sdclr.pretrain_loop import restore
 
     t, notes = start(tiny_params(compile=True, compile_mode="reduce-overhead"), "sbid")
     restore(t, tmp_path / "none.ckpt", notes.append)  # no checkpoint: the fill pass

@@ -26,7 +26,7 @@ def test_concurrent_cost_records_lose_no_entry(tmp_path):
     _spawn(f"""
         import sys
         from pathlib import Path
-        from sdclr.pipeline.cost import record
+        from sdclr.runtime.cost import record
         i = sys.argv[1]
         for k in range(25):
             record(f"pretrain/m{{i}}/split{{k}}", {{"seconds": float(k)}}, Path({str(path)!r}))
@@ -41,7 +41,7 @@ def test_concurrent_mlflow_runs_lose_no_run_or_metric(tmp_path):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     _spawn("""
         import sys
-        from sdclr.pipeline import tracking
+        from sdclr.runtime import tracking
         i = sys.argv[1]
         for k in range(3):
             with tracking.Run("sdclr-test", f"run-{i}-{k}", {"p": i}, {"stage": "test"}, "tests") as run:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from sdclr.config import as_flat_dict, load_params, parse_params
+from sdclr.config import as_flat_dict
 from sdclr.errors import ConfigError
+from sdclr.registry import load_params, parse_params
 
 
 def test_project_params_yaml_is_valid(root):
@@ -117,7 +118,7 @@ def test_errors_name_the_params_file_actually_read(raw_params, tmp_path):
 def test_a_param_error_found_later_names_the_file_given_with_params(root, tmp_path, capsys):
     """Errors raised after loading (in training, in the split recipe) name --params' file too."""
     from sdclr.errors import ParamError
-    from sdclr.pipeline.stage import run_stage
+    from sdclr.stage import run_stage
 
     other = tmp_path / "experiment.yaml"
     other.write_text((root / "params.yaml").read_text())
@@ -137,7 +138,8 @@ def test_no_message_hard_codes_the_params_file(root):
     import re
 
     offenders = [f"{p.relative_to(root)}:{i}" for p in sorted((root / "sdclr").rglob("*.py"))
-                 for i, line in enumerate(p.read_text().splitlines(), 1) if re.search(r"""f?["']params\.yaml: """, line)]
+                 for i, line in enumerate(p.read_text().splitlines(), 1)
+                 if re.search(r"""f?["']params\.yaml: """, line)]
     assert not offenders, offenders
 
 

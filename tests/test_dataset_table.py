@@ -22,12 +22,13 @@ import numpy as np
 import pytest
 import yaml
 
-from sdclr.config import parse_params
-from sdclr.data.datasets import DATASETS, Dataset, PaperReference, SystemCopy
+from sdclr.data.datasets import DATASETS, Dataset, SystemCopy
 from sdclr.data.formats import parse_cifar_pickle, parse_idx
 from sdclr.errors import ConfigError
+from sdclr.registry import parse_params
 from sdclr.report.deviations import deviations
 from sdclr.report.markdown import reference_section
+from sdclr.report.published import PUBLISHED, PaperReference
 from sdclr.storage.io import load_raw
 from tests.dvc_project import ROOT, run_in_process, stage_command
 from tests.test_sources import _batch, _md5s
@@ -59,7 +60,7 @@ def _idx_dataset(tmp_path: Path) -> tuple[Dataset, dict, dict]:
         checksums={n: hashlib.sha256(d).hexdigest() for n, d in files.items()},
         digest="sha256", checksum_kind="sha256 of decompressed file",
         parse=partial(parse_idx, class_names=CLASSES),
-        channels=1, image_size=8, train_size=24, test_size=8, num_classes=4, system_copy=None, paper_reference=REFERENCE,
+        channels=1, image_size=8, train_size=24, test_size=8, num_classes=4, system_copy=None,
         recipe_preset="cifar10_paper", deviation="its 8 x 8 images are a quarter of CIFAR's side",
     )
     expected = {part: {"images": d["images"][..., None], "labels": d["labels"]} for part, d in arrays.items()}
@@ -86,8 +87,8 @@ def _cifar_dataset(tmp_path: Path) -> tuple[Dataset, dict, dict]:
         checksums={**_md5s(files), "tiny-python.tar.gz": hashlib.md5(buf.getvalue()).hexdigest()},
         digest="md5", checksum_kind="md5",
         parse=partial(parse_cifar_pickle, label_key="labels", names_key="label_names"),
-        channels=3, image_size=32, train_size=11, test_size=4, num_classes=4, system_copy=SystemCopy(system, "dataset-tiny"),
-        paper_reference=None,
+        channels=3, image_size=32, train_size=11, test_size=4, num_classes=4, system_copy=SystemCopy(system,
+                                                                                                     "dataset-tiny"),
         recipe_preset="tiny_paper", deviation=None,
     )
 
@@ -104,6 +105,8 @@ def _cifar_dataset(tmp_path: Path) -> tuple[Dataset, dict, dict]:
 def test_a_new_dataset_is_one_row_and_its_preset(tmp_path, monkeypatch, raw_params, make):
     row, expected, source = make(tmp_path)
     monkeypatch.setitem(DATASETS, "tiny", row)
+    if row.archive is None:  # a dataset with a published table: the report's, apart from the row
+        monkeypatch.setitem(PUBLISHED, "tiny", REFERENCE)
 
     # its recipe preset: the idx row names cifar10_paper, as Fashion-MNIST does; the CIFAR-format
     # one its own, CIFAR-10's recipe at another epoch count
@@ -137,9 +140,10 @@ def test_a_new_dataset_is_one_row_and_its_preset(tmp_path, monkeypatch, raw_para
     assert raw.meta["checksum_kind"] == row.checksum_kind and set(raw.meta["checksums"]) <= set(row.checksums)
 
     params = parse_params(raw_params)
-    if row.paper_reference:  # another epoch count than the made-up paper's: its table, not subtracted
+    if row.archive is None:  # the idx row has a made-up paper's table: another epoch count, so not subtracted
         section = reference_section(params, {})
-        assert section[:2] == ["## Reference: A made-up table", ""] and section[4:6] == ["| method | all |", "|---|---|"]
+        assert section[:2] == ["## Reference: A made-up table", ""]
+        assert section[4:6] == ["| method | all |", "|---|---|"]
         assert section[2].startswith("Not subtracted from ours") and "`pretrain.epochs` = " in section[2]
     else:
         assert reference_section(params, {}) == []

@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from sdclr.config import parse_params
+from sdclr.registry import parse_params
 from sdclr.storage import checkpoint
 from tests.dvc_project import make_project, project_env, stage_command
 from tests.test_pretrain import tiny_dataset

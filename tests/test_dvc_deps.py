@@ -9,7 +9,6 @@ DVC project and ask ``dvc status`` which stages changed.
 
 from __future__ import annotations
 
-import ast
 import json
 import shlex
 import tempfile
@@ -18,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sdclr.methods import METHODS, method_class
 from sdclr.pipeline.dvc_stages import import_closure, method_module, render
+from sdclr.registry import METHODS, REGISTRY, method_class
 from tests.dvc_project import dvc, make_project, update_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,12 +36,9 @@ def stage_scripts(dvc_yaml: dict) -> dict[str, tuple[Path, list[str]]]:
 
 def runs_code_of(name: str, script: Path, listed: list[str]) -> set[Path]:
     """The files a stage runs: its script's closure, plus the methods it loads by name (a pretrain
-    stage its own, the report every listed one, and their report sections)."""
+    stage its own, the report every listed one)."""
     methods = {"report": listed}.get(name, [name.removeprefix("pretrain-")] if name.startswith("pretrain-") else [])
-    sections = {method_class(m).report_section.split(":")[0] for m in methods
-                if name == "report" and method_class(m).report_section}
-    files = import_closure(script).union(*(import_closure(method_module(m)) for m in methods))
-    return files.union(*(import_closure(ROOT / (s.replace(".", "/") + ".py")) for s in sections))
+    return import_closure(script).union(*(import_closure(method_module(m)) for m in methods))
 
 
 def uncovered(dvc_yaml: dict) -> list[str]:
@@ -86,7 +82,7 @@ def test_a_pretrain_stage_depends_on_its_own_method_only():
     # BCL-D is built on SDCLR and SimCLR: an edit of either must re-run it
     assert {modules["bcl_d"], modules["sdclr"], modules["simclr"]} <= set(stages["pretrain-bcl_d"][1])
     # an evaluation reads the encoder file, not the training code
-    assert not {"sdclr/train.py", *modules.values()} & set(stages["evaluate-sbid"][1])
+    assert not {"sdclr/pretrain_loop.py", *modules.values()} & set(stages["evaluate-sbid"][1])
 
 
 def test_the_closure_finds_lazy_imports_and_package_inits():
@@ -94,7 +90,7 @@ def test_the_closure_finds_lazy_imports_and_package_inits():
     # imported inside main() (lazily), and through the models package
     assert {"sdclr/evaluate.py", "sdclr/storage/encoder_file.py", "sdclr/models/resnet.py", "sdclr/models/__init__.py",
             "sdclr/__init__.py"} <= closure
-    assert not {"sdclr/report/__init__.py", "sdclr/train.py", "sdclr/report/figures.py"} & closure
+    assert not {"sdclr/report/__init__.py", "sdclr/pretrain_loop.py", "sdclr/report/figures.py"} & closure
 
 
 def test_a_removed_dep_is_named():
@@ -114,7 +110,8 @@ def test_dvc_yaml_has_a_block_per_registered_method_declaring_its_params():
     assert {n.removeprefix("evaluate-") for n in stages if n.startswith("evaluate-")} == {*METHODS, "random"}
     for name in METHODS:
         cls, block = method_class(name), stages[f"pretrain-{name}"]["do"]
-        assert f"--method {name} " in block["cmd"] and f"--method {name} " in stages[f"evaluate-{name}"]["do"]["cmd"]
+        assert f"--method {REGISTRY[name]} " in block["cmd"], name  # the class it loads, without the registry
+        assert f"--method {name} " in stages[f"evaluate-{name}"]["do"]["cmd"]
         assert set(block["params"]) == set(cls.stage_params()), name
         assert set(stages[f"evaluate-{name}"]["do"]["params"]) == set(EVALUATE_PARAMS), name
     # the untrained encoder's architecture comes from params.yaml, not from an encoder file
@@ -176,6 +173,40 @@ def _changed_stages(proj: Path) -> set[str]:
 
 def _edit(path: Path) -> None:
     path.write_text(path.read_text() + "\n# edited by a test\n")
+
+
+@pytest.mark.slow
+def test_adding_a_method_or_correcting_a_published_number_reruns_the_report_and_the_new_stages_only(tmp_path):
+    """A method added as docs/design.md says (its module, its registry line, its block and its name in
+    ``methods``, dvc.yaml rewritten) leaves every existing stage up to date; so does a published number
+    corrected: the paper tables live with the report."""
+    import subprocess
+    import sys
+
+    from tests.dvc_project import project_env
+
+    proj = make_project(tmp_path / "proj", TINY)
+    _fake_outputs(proj)
+    dvc(proj, "commit", "-f")
+    assert _changed_stages(proj) == set()
+
+    (proj / "sdclr/methods/foo.py").write_text((ROOT / "tests/throwaway_method.py").read_text())
+    registry = proj / "sdclr/registry.py"
+    registry.write_text(registry.read_text().replace('    "sdclr_gh": "sdclr.methods.gh:SDCLRGH",\n',
+                                                     '    "sdclr_gh": "sdclr.methods.gh:SDCLRGH",\n'
+                                                     '    "foo": "sdclr.methods.foo:Foo",\n'))
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    update_params(proj, {"methods": [*params["methods"], "foo"]})
+    (proj / "params.yaml").write_text((proj / "params.yaml").read_text() + "foo:\n  temperature: 0.2\n")
+    subprocess.run([sys.executable, "-m", "sdclr.pipeline.dvc_stages"], cwd=proj, env=project_env(proj), check=True,
+                   capture_output=True)
+    assert _changed_stages(proj) == {"pretrain-foo@0", "evaluate-foo@0", "report"}
+
+    _fake_outputs(proj, ("simclr", "sdclr", "sbid", "foo"))
+    dvc(proj, "commit", "-f")
+    published = proj / "sdclr/report/published.py"
+    published.write_text(published.read_text().replace('"78.18 ± 4.18"', '"78.19 ± 4.18"'))
+    assert _changed_stages(proj) == {"report"}
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from sdclr.methods import METHODS
+from sdclr.registry import METHODS
 from tests.dvc_project import dvc, make_project, splits_summary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def _metrics(method: str, split: int, acc: float) -> dict:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    from sdclr.config import load_params
+    from sdclr.registry import load_params
     from sdclr.report import write_report
 
     proj = make_project(tmp_path_factory.mktemp("views") / "proj",

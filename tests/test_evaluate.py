@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from sdclr.data.longtail import class_groups, groups_of
 from sdclr.config import ProbeParams
+from sdclr.data.longtail import class_groups, groups_of
 from sdclr.evaluate import Heldout, authors_probe, knn_predict, linear_probe, random_crop_flip
 from sdclr.metrics import group_report, per_class_accuracy
 
@@ -55,7 +55,8 @@ def _separable(n_per_class=60, classes=5, dim=16, seed=0):
 
 
 def _probe(lr=0.1, batch_size=64) -> ProbeParams:
-    return ProbeParams(protocol="features", lr=lr, final_lr=1e-6, weight_decay=0.0, batch_size=batch_size, full_shot_epochs=1,
+    return ProbeParams(protocol="features", lr=lr, final_lr=1e-6, weight_decay=0.0, batch_size=batch_size,
+                       full_shot_epochs=1,
                        few_shot_epochs=1, full_shot_milestones=[], few_shot_milestones=[])
 
 
@@ -96,8 +97,8 @@ def test_random_crop_flip_is_per_sample_and_a_true_crop():
     padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
     offsets = set()
     for i in range(64):  # each output is some window of the padded image, maybe flipped
-        found = [(t, l, f) for t in range(9) for l in range(9) for f in (False, True)
-                 if torch.equal(out[i], (lambda w: w.flip(-1) if f else w)(padded[i, :, t:t + 8, l:l + 8]))]
+        found = [(t, left, f) for t in range(9) for left in range(9) for f in (False, True)
+                 if torch.equal(out[i], (lambda w: w.flip(-1) if f else w)(padded[i, :, t:t + 8, left:left + 8]))]
         assert found, f"sample {i} is not a crop of its padded image"
         offsets.add(found[0])
     assert len(offsets) > 10  # parameters differ across the batch
@@ -164,7 +165,8 @@ def _tiny_evaluation(device: torch.device) -> dict:
     split = {"pool": np.arange(0, 240, 2), "val": np.arange(1, 240, 2), "fewshot": np.arange(0, 240, 8)}
     probe = SimpleNamespace(protocol="features", lr=0.1, weight_decay=0.0, batch_size=32, full_shot_epochs=5,
                             few_shot_epochs=8, full_shot_milestones=[], few_shot_milestones=[])
-    params = SimpleNamespace(feature_batch_size=64, few_shot=[0.01], knn_k=10, knn_temperature=0.1, knn_features="standardised", probe=probe)
+    params = SimpleNamespace(feature_batch_size=64, few_shot=[0.01], knn_k=10, knn_temperature=0.1,
+                             knn_features="standardised", probe=probe)
     split["class_order"] = np.arange(3)
     data = {"images": images, "labels": y}
     return evaluate_encoder(net, data, data, split, params, seed=0, device=device, log=lambda m: None)
@@ -207,7 +209,8 @@ def test_the_features_probe_is_softmax_regression_with_sgd_momentum_and_a_cosine
     y, vy = torch.arange(4).repeat_interleave(30), torch.arange(4).repeat_interleave(100)  # probe whose validation
     x = (centres[y] + 1.5 * torch.randn(120, 16, generator=g)) * scale + 7.0  # accuracy moves with the lr, its
     vx = (centres[vy] + 1.5 * torch.randn(400, 16, generator=g)) * scale + 7.0  # schedule and the weight decay
-    probe = ProbeParams(protocol="features", lr=0.005, final_lr=1e-6, weight_decay=1.0, batch_size=32, full_shot_epochs=1,
+    probe = ProbeParams(protocol="features", lr=0.005, final_lr=1e-6, weight_decay=1.0, batch_size=32,
+                        full_shot_epochs=1,
                         few_shot_epochs=1, full_shot_milestones=[], few_shot_milestones=[])
     res = linear_probe(x, y, Heldout(vx, vy, vx, 4), probe, epochs=5, seed=3)
     expected = linear_probe_curve(x, y, vx, vy, 4, epochs=5, lr=0.005, weight_decay=1.0, batch_size=32, seed=3)
@@ -264,7 +267,8 @@ def test_the_authors_protocol_trains_through_the_frozen_backbone_on_each_setting
              "class_order": np.arange(3)}
     probe = ProbeParams(protocol="authors", lr=1.0, final_lr=1e-6, weight_decay=0.0, batch_size=32, full_shot_epochs=4,
                         few_shot_epochs=6, full_shot_milestones=[3], few_shot_milestones=[4])
-    params = SimpleNamespace(feature_batch_size=64, few_shot=[0.01], knn_k=5, knn_temperature=0.1, knn_features="standardised", probe=probe)
+    params = SimpleNamespace(feature_batch_size=64, few_shot=[0.01], knn_k=5, knn_temperature=0.1,
+                             knn_features="standardised", probe=probe)
     data = {"images": images, "labels": y}
     metrics = evaluate_encoder(net, data, data, split, params, seed=0, device=torch.device("cpu"), log=lambda m: None)
     assert metrics["full_shot"]["train_size"] == 90 and metrics["few_shot"]["train_size"] == 30
@@ -281,9 +285,9 @@ def test_the_authors_crops_come_from_the_generator_and_cover_every_offset_and_bo
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     seen = set()
     for i in range(0, 2000, 7):
-        found = [(t, l, f) for t in range(5) for l in range(5) for f in (False, True)
-                 if torch.equal(a[i], (lambda w: w.flip(-1) if f else w)(padded[i, :, t:t + 4, l:l + 4]))]
+        found = [(t, left, f) for t in range(5) for left in range(5) for f in (False, True)
+                 if torch.equal(a[i], (lambda w: w.flip(-1) if f else w)(padded[i, :, t:t + 4, left:left + 4]))]
         seen.add(found[0])
-    assert {t for t, _, _ in seen} == set(range(5)) and {l for _, l, _ in seen} == set(range(5))
+    assert {t for t, _, _ in seen} == set(range(5)) and {left for _, left, _ in seen} == set(range(5))
     flips = sum(f for _, _, f in seen)
     assert 0.3 < flips / len(seen) < 0.7  # each image flipped with probability ½

@@ -20,7 +20,7 @@ import pytest
 
 from sdclr.pipeline import fingerprint
 from sdclr.pipeline.compare import FINGERPRINT, why
-from sdclr.pipeline.numerics import has_avx2
+from sdclr.runtime.numerics import has_avx2
 from tests.conftest import ROOT
 
 needs_avx2 = pytest.mark.skipif(not has_avx2(), reason="the portable kernels need AVX2")
@@ -28,7 +28,7 @@ needs_avx2 = pytest.mark.skipif(not has_avx2(), reason="the portable kernels nee
 
 def _fresh(root, *pins: str) -> str:
     """A fingerprint measured in a new process, with some of the portable pins replaced."""
-    code = ("import sys; from sdclr.pipeline import numerics\n"
+    code = ("import sys; from sdclr.runtime import numerics\n"
             f"numerics.PORTABLE_ENV.update(dict(p.split('=', 1) for p in {list(pins)!r}))\n"
             "numerics.pin('portable')\nfrom sdclr.pipeline.fingerprint import main\nsys.exit(main([]))")
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=600)
@@ -86,7 +86,8 @@ def test_explain_names_the_differing_groups_or_rules_the_cpu_out():
     assert fingerprint.explain(ours, theirs) == ("this CPU's conv backward and linear layers differ from the "
                                                  "committed machine's, so trained numbers differ")
     one = {**ours, "d": {"group": "SGD", "sha": "z"}}
-    assert fingerprint.explain(one, ours) == "this CPU's SGD differs from the committed machine's, so trained numbers differ"
+    assert fingerprint.explain(one, ours) == ("this CPU's SGD differs from the committed machine's, so trained numbers "
+                                              "differ")
     assert fingerprint.explain(ours, dict(ours)).startswith("this CPU's fingerprint matches the committed machine's on "
                                                             "all 4 ops, so the kernels are not the cause")
     assert "share no op" in fingerprint.explain(ours, {"e": {"group": "SGD", "sha": "4"}})
@@ -101,7 +102,8 @@ def test_a_file_of_another_format_is_refused():
     with pytest.raises(ValueError, match=f"not a version-{fingerprint.VERSION} fingerprint"):
         fingerprint.parse('{"op": "a", "sha": "1"}\n')
     with pytest.raises(ValueError, match="not a version"):  # an older op list: its inputs were drawn otherwise
-        fingerprint.parse(_text({"a": {"group": "g", "sha": "1"}}).replace(f'"fingerprint": {fingerprint.VERSION}', '"fingerprint": 1'))
+        fingerprint.parse(_text({"a": {"group": "g", "sha": "1"}}).replace(f'"fingerprint": {fingerprint.VERSION}',
+                                                                           '"fingerprint": 1'))
     assert fingerprint.parse(_text({"a": {"group": "g", "sha": "1"}}))[1] == {"a": {"group": "g", "sha": "1"}}
 
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 import yaml
 
-from sdclr.config import parse_params
 from sdclr.errors import ParamError
-from sdclr.methods.gh_report import prior_section, total_variation
+from sdclr.pretrain_loop import Job, build
+from sdclr.registry import method_class, parse_params
 from sdclr.report.aggregate import load_per_image
+from sdclr.report.gh import prior_section, total_variation
 from sdclr.storage.encoder_file import ModelSpec
 from sdclr.storage.io import load_npz
-from sdclr.train import Job, build
 from tests.test_later_methods import straight_and_resumed
 from tests.test_pretrain import tiny_project  # noqa: F401  (the fixture)
 
@@ -34,7 +34,8 @@ def _step(proj, method, epoch, params=None):
     """One step of ``method`` at the start of ``epoch`` on a fixed batch of the tiny split."""
     train = load_npz(proj / "data/raw/fashion_mnist/train.npz")
     split = load_npz(proj / "data/splits/fashion_mnist/split0.npz")
-    t = build(params or _params(proj), Job(method, 0, train["images"], split["longtail"], ModelSpec(1, [0.3], [0.3])))
+    t = build(params or _params(proj),
+              Job(method_class(method), 0, train["images"], split["longtail"], ModelSpec(1, [0.3], [0.3])))
     t.method.train()
     metrics = t.method.on_epoch_start(epoch)
     loss, extras = t.step(torch.arange(t.local_batch))

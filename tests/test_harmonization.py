@@ -55,7 +55,8 @@ def batch(n: int = 64, k: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.
     targets = simplex_etf(k, 16, gen)
     z = torch.randn(n, 16, generator=gen)
     prior = torch.tensor([0.5 ** i for i in range(k)])
-    return target_logits(z, targets), target_logits(z + 0.3 * torch.randn(n, 16, generator=gen), targets), prior / prior.sum()
+    noisy = z + 0.3 * torch.randn(n, 16, generator=gen)
+    return target_logits(z, targets), target_logits(noisy, targets), prior / prior.sum()
 
 
 def test_sinkhorn_gives_each_image_one_label_and_each_cluster_its_prior():

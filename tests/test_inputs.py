@@ -19,9 +19,9 @@ import pytest
 import torch
 import yaml
 
-from sdclr.config import parse_params
 from sdclr.data.longtail import load_split
 from sdclr.errors import DataError
+from sdclr.registry import parse_params
 from sdclr.storage.encoder_file import load_encoder
 from sdclr.storage.io import load_raw, save_npz, sha256_array, write_json
 from tests.dvc_project import make_project, project_env, run_in_process, stage_command
@@ -244,7 +244,8 @@ def test_stages_refuse_a_garbled_dataset_file_and_keep_earlier_results(tiny):
         _assert_one_error_line(_run(tiny, stage, item), f"{RAW}/train.npz cannot be read", "`dvc repro download`",
                                f"`dvc checkout {RAW}`")
     assert _digests(tiny / SPLITS) == splits_before  # the splits already produced are untouched
-    assert not (tiny / "models/simclr/split0.pt").exists() and not (tiny / "reports/metrics/random/split0.json").exists()
+    assert not (tiny / "models/simclr/split0.pt").exists()
+    assert not (tiny / "reports/metrics/random/split0.json").exists()
 
 
 @pytest.mark.slow
@@ -256,7 +257,8 @@ def test_subsample_stage_refuses_arrays_that_differ_from_the_download(tiny):
 @pytest.mark.slow
 def test_pretrain_stage_on_a_listed_split_whose_file_is_gone_says_run_subsample(tiny):
     (tiny / SPLITS / "split0.npz").unlink()
-    err = _assert_one_error_line(_run(tiny, "pretrain-sdclr", 0), f"{SPLITS}/split0.npz is missing", "`dvc repro subsample`")
+    err = _assert_one_error_line(_run(tiny, "pretrain-sdclr", 0), f"{SPLITS}/split0.npz is missing",
+                                 "`dvc repro subsample`")
     assert "add 0" not in err
 
 

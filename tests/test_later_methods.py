@@ -9,16 +9,15 @@ import torch
 import yaml
 from torch.nn import functional as F
 
-from sdclr.config import parse_params
 from sdclr.data.longtail import class_and_group
 from sdclr.losses import cosine_temperature, nt_xent, nt_xent_per_image
-from sdclr.methods import METHODS, method_class
-from sdclr.methods.bcl_report import weight_section
+from sdclr.pretrain_loop import Job, Outputs, build, pretrain
+from sdclr.registry import METHODS, method_class, parse_params
 from sdclr.report.aggregate import load_per_image, scores
+from sdclr.report.bcl import weight_section
 from sdclr.storage import checkpoint
 from sdclr.storage.encoder_file import ModelSpec
 from sdclr.storage.io import load_npz
-from sdclr.train import Job, Outputs, build, pretrain
 from tests.test_pretrain import tiny_project  # noqa: F401  (the fixture)
 
 
@@ -68,7 +67,7 @@ def _one_step(proj, method, w=None, epoch=0):
     """Build ``method`` on the tiny split, start ``epoch`` (optionally forcing every w), one step."""
     train, split = _data(proj)
     params = _params(proj)
-    t = build(params, Job(method, 0, train["images"], split["longtail"], ModelSpec(1, [0.3], [0.3])))
+    t = build(params, Job(method_class(method), 0, train["images"], split["longtail"], ModelSpec(1, [0.3], [0.3])))
     t.method.train()
     t.method.on_epoch_start(epoch)
     if w is not None:
@@ -112,7 +111,7 @@ def straight_and_resumed(proj, params, method: str, stop: int, tmp_path, carries
             if at is None and label == "resumed":
                 saved = checkpoint.load(d / "c.ckpt", "cpu")
                 assert int(saved["epoch"]) == stop and carries(saved["method"]), sorted(saved["method"])
-            job = Job(method, 0, train["images"], split["longtail"], ModelSpec(1, [0.3], [0.3]))
+            job = Job(method_class(method), 0, train["images"], split["longtail"], ModelSpec(1, [0.3], [0.3]))
             outputs = Outputs(d / "m.pt", d / "c.ckpt", d / "h.csv", d / "per_image.csv",
                               class_and_group(labels, split["class_order"]))
             pretrain(params, job, outputs, log=lambda _: None, stop_after_epoch=at)
@@ -145,7 +144,7 @@ def test_simclr_ts_follows_the_cosine_schedule_whatever_the_shared_setting(tiny_
     params = _params(tiny_project, epochs=2, temperature_schedule="constant", tau_min=0.1, tau_max=0.5,
                      period_epochs=4)
     history = tmp_path / "h.csv"
-    pretrain(params, Job("simclr_ts", 0, train["images"], split["longtail"], ModelSpec(1, [0.3], [0.3])),
+    pretrain(params, Job(method_class("simclr_ts"), 0, train["images"], split["longtail"], ModelSpec(1, [0.3], [0.3])),
              Outputs(tmp_path / "m.pt", tmp_path / "c.ckpt", history), log=lambda _: None)
     logged = pd.read_csv(history)["temperature"].tolist()
     assert logged == pytest.approx([cosine_temperature(e, 0.1, 0.5, 4) for e in (1, 2)], rel=1e-5)

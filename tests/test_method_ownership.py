@@ -10,10 +10,9 @@ import sys
 import pytest
 import yaml
 
-from sdclr.config import parse_params
 from sdclr.errors import ParamError
-from sdclr.methods import REGISTRY
 from sdclr.pipeline.dvc_stages import render
+from sdclr.registry import REGISTRY, parse_params
 from sdclr.report.aggregate import load_metrics
 from sdclr.report.claims import compare, verdict_sections
 from tests.dvc_project import ROOT, project_env
@@ -40,15 +39,20 @@ def _raw(methods: list[str], **blocks) -> dict:
 def test_a_new_method_is_checked_rendered_and_claimed_from_its_own_module(foo_registered, tmp_path):
     params = parse_params(_raw(["simclr", "foo"], foo={"temperature": 0.3}))
     assert params.foo.temperature == 0.3
-    with pytest.raises(ParamError, match=r"^params.yaml: foo.temperature = -1.0 is out of range; accepted: a positive number > 0\.$"):
+    with pytest.raises(ParamError,
+                       match=r"^params.yaml: foo.temperature = -1.0 is out of range; "
+                             r"accepted: a positive number > 0\.$"):
         parse_params(_raw(["simclr", "foo"], foo={"temperature": -1}))
-    with pytest.raises(ParamError, match=r"^params.yaml: missing key 'foo' \(SimCLR at its own temperature\.\); add it to the file\.$"):
+    with pytest.raises(ParamError,
+                       match=r"^params.yaml: missing key 'foo' \(SimCLR at its own temperature\.\); "
+                             r"add it to the file\.$"):
         parse_params(_raw(["simclr"]))
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(_raw(["simclr", "foo"], foo={"temperature": 0.3})))
     stages = yaml.safe_load(render(tmp_path / "params.yaml"))["stages"]
     assert {"pretrain-foo", "evaluate-foo", "pretrain-simclr"} <= set(stages) and "pretrain-sdclr" not in stages
-    assert "foo" in stages["pretrain-foo"]["do"]["params"] and "tests/throwaway_method.py" in stages["pretrain-foo"]["do"]["deps"]
+    assert "foo" in stages["pretrain-foo"]["do"]["params"]
+    assert "tests/throwaway_method.py" in stages["pretrain-foo"]["do"]["deps"]
     assert "reports/scores/foo.json" in str(stages["report"]["metrics"])
 
     df = load_metrics(_write_metrics(tmp_path / "metrics", {"simclr": [0.80, 0.81, 0.79], "foo": [0.85, 0.86, 0.84]}))
@@ -60,9 +64,13 @@ def test_a_new_method_is_checked_rendered_and_claimed_from_its_own_module(foo_re
 
 
 def test_methods_must_be_registered_and_distinct():
-    with pytest.raises(ParamError, match=r"^params.yaml: methods\[1\] = 'simclrr' is not a known choice; accepted: one of 'simclr', 'sdclr'"):
+    with pytest.raises(ParamError,
+                       match=r"^params.yaml: methods\[1\] = 'simclrr' is not a known choice; "
+                             r"accepted: one of 'simclr', 'sdclr'"):
         parse_params(_raw(["simclr", "simclrr"]))
-    with pytest.raises(ParamError, match=r"^params.yaml: methods = \['simclr', 'simclr'\] is out of range; accepted: a non-empty list"):
+    with pytest.raises(ParamError,
+                       match=r"^params.yaml: methods = \['simclr', 'simclr'\] is out of range; "
+                             r"accepted: a non-empty list"):
         parse_params(_raw(["simclr", "simclr"]))
 
 
@@ -74,11 +82,12 @@ def test_the_report_stage_names_the_command_when_a_listed_method_has_no_stages(t
     (metrics / "simclr").mkdir(parents=True)
     before = (tiny_project / "reports/report.md").read_bytes()  # the committed report, copied with the project
     env = project_env(tiny_project, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    out = subprocess.run([sys.executable, "stages/report.py", "--metrics", str(metrics), "--history", "reports/pretrain",
-                          "--splits", "data/splits/fashion_mnist", "--out", "reports"], cwd=tiny_project, env=env,
+    out = subprocess.run([sys.executable, "stages/report.py", "--metrics", str(metrics),
+                          "--history", "reports/pretrain", "--splits", "data/splits/fashion_mnist", "--out", "reports"],
+                         cwd=tiny_project, env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert out.stderr.strip() == (f"error: params.yaml lists simclr_ts in methods, but {metrics} has no metrics for "
-                                  "them: dvc.yaml has no stages for them yet; run `python -m sdclr.pipeline.dvc_stages`, "
-                                  "then `dvc repro`."), out.stderr
+                                  "them: dvc.yaml has no stages for them yet; run `python -m "
+                                  "sdclr.pipeline.dvc_stages`, then `dvc repro`."), out.stderr
     assert (tiny_project / "reports/report.md").read_bytes() == before  # nothing produced is touched

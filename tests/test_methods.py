@@ -7,9 +7,9 @@ import copy
 import torch
 
 from sdclr.losses import nt_xent
-from sdclr.methods import METHODS, method_class
 from sdclr.models import DENSE, PRUNED, HeadSpec, build_model
 from sdclr.pruning import masked_convs
+from sdclr.registry import METHODS, method_class
 
 
 def _fixed_views(images, generator):
@@ -58,7 +58,7 @@ def test_every_method_uses_the_temperature_the_loop_sets():
     attribute, not the value params.yaml gave at construction (sbid read its params once)."""
     import yaml
 
-    from sdclr.config import parse_params
+    from sdclr.registry import parse_params
     from tests.dvc_project import ROOT
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())

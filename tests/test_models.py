@@ -76,7 +76,7 @@ def test_head_depths(depth, n_linear):
     head = ProjectionHead(32, 16, 8, depth)
     linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
     assert len(linears) == n_linear
-    assert [l.out_features for l in linears] == [16] * (n_linear - 1) + [8]
+    assert [layer.out_features for layer in linears] == [16] * (n_linear - 1) + [8]
     assert linears[0].in_features == 32
     assert len(dual_bns(head)) == n_linear
     out = head(torch.randn(6, 32), 1)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdclr.config import parse_params
+from sdclr.registry import parse_params
 from sdclr.report import write_report
 from sdclr.report.aggregate import load_metrics
 from sdclr.report.claims import compare
@@ -95,7 +95,8 @@ DECIDED_ALONE = {"random": [0.60, 0.61, 0.59], "simclr": [0.80, 0.81, 0.79], "sd
 def test_a_claim_decided_alone_is_not_decided_in_its_family(tmp_path):
     from scipy.stats import ttest_rel
 
-    rows = {(r["a"], r["b"], r["kind"], r["metric"]): r for r in compare(load_metrics(_write_metrics(tmp_path, DECIDED_ALONE)))}
+    rows = {(r["a"], r["b"], r["kind"], r["metric"]): r
+            for r in compare(load_metrics(_write_metrics(tmp_path, DECIDED_ALONE)))}
     p = ttest_rel(DECIDED_ALONE["sdclr"], DECIDED_ALONE["simclr"]).pvalue
     assert 0.01 < p < 0.05 and 7 * p > 0.05
     for kind in ("full_shot", "few_shot", "knn"):

@@ -44,7 +44,8 @@ def test_bad_param_fails_the_stage_with_one_sentence(tmp_path):
     update_params(proj, {"subsample": {"imbalance_ratio": 0.5}})
     proc = dvc(proj, "repro", "subsample", check=False)
     assert proc.returncode != 0
-    assert "params.yaml: subsample.imbalance_ratio = 0.5 is out of range; accepted: a number >= 1." in proc.stderr + proc.stdout
+    said = proc.stderr + proc.stdout
+    assert "params.yaml: subsample.imbalance_ratio = 0.5 is out of range; accepted: a number >= 1." in said
     assert "Traceback" not in proc.stderr + proc.stdout
     assert (proj / "data/raw/fashion_mnist/train.npz").exists()  # earlier results are kept
 

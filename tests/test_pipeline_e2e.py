@@ -1,16 +1,16 @@
 """The whole pipeline through real `dvc repro` on a tiny config, with a temporary MLflow store.
 
-Checks every stage's outputs, the report's tables and figures, and the MLflow runs
-(pretrain and evaluate per method, per-epoch metrics with steps). Then that a fresh clone
-of the committed results, reproduced from scratch by the parallel runner (two stages at
-once) without the kernel pin and thread setting of this process, where the first run was a
-sequential `dvc repro` under a pinned two-thread parent, gives byte-identical outputs and `dvc.lock`, a clean `dvc status`, and a `git
-status` clean but for the machine-dependent reports/cost.json, and fills its own MLflow
-store with every row of the report, checked through a real `mlflow server`'s REST API (and
-a headless-Chromium screenshot of the runs table in test-artifacts/); and that a queued
-`-S prune_ratio=...` sweep run by two workers re-runs only SDCLR's stages and the report
-(not SimCLR's or sbid's) and lands in one MLflow store, each run tagged with its experiment; and
-that `dvc exp run -S 'evaluate.few_shot=[20, 10]'` re-runs the evaluations and the report only.
+Checks every stage's outputs, the report's tables and figures, and the MLflow runs (pretrain and
+evaluate per method, per-epoch metrics with steps). Then that a fresh clone of the committed
+results, reproduced from scratch by the parallel runner (two stages at once) without the kernel pin
+and thread setting of this process, where the first run was a sequential `dvc repro` under a pinned
+two-thread parent, gives byte-identical outputs and `dvc.lock`, a clean `dvc status`, and a `git
+status` clean but for the machine-dependent reports/cost.json, and fills its own MLflow store with
+every row of the report, checked through a real `mlflow server`'s REST API (and a headless-Chromium
+screenshot of the runs table in test-artifacts/); and that a queued `-S prune_ratio=...` sweep run
+by two workers re-runs only SDCLR's stages and the report (not SimCLR's or sbid's) and lands in one
+MLflow store, each run tagged with its experiment; and that `dvc exp run -S 'evaluate.few_shot=[20,
+10]'` re-runs the evaluations and the report only.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import warnings
 import pytest
 import yaml
 
-from sdclr.pipeline.numerics import PORTABLE_ENV, THREAD_ENV
-from sdclr.pipeline.tracking import runs_link
+from sdclr.runtime.numerics import PORTABLE_ENV, THREAD_ENV
+from sdclr.runtime.tracking import runs_link
 from tests.conftest import FASHION_SYSTEM_DIR
 from tests.dvc_project import ROOT, dvc, make_project, project_env
 from tests.mlflow_ui import CHROMIUM, check_runs_view, mlflow_server
@@ -130,7 +130,8 @@ def test_tiny_pipeline_end_to_end(tmp_path):
                             text=True).stdout.splitlines()
     assert status == [" M reports/cost.json"], status
     for stage, cost in json.loads((clone / "reports/cost.json").read_text()).items():
-        assert cost["numerics"] == "portable (AVX2 kernels, MKL COMPATIBLE, 1 thread)" and cost["device"].endswith(", 1 thread"), stage
+        assert cost["numerics"] == "portable (AVX2 kernels, MKL COMPATIBLE, 1 thread)", stage
+        assert cost["device"].endswith(", 1 thread"), stage
 
     # The clone's own store holds every row of the report, `random` included, as a researcher's
     # browser sees it through `mlflow server` (tests/mlflow_ui.py checks the REST API).
@@ -168,7 +169,7 @@ def test_tiny_pipeline_end_to_end(tmp_path):
         if r.data.tags.get("dvc_exp_name"):
             by_exp.setdefault(r.data.tags["dvc_exp_name"], []).append(r)
     assert len(by_exp) == 2, status  # each run tagged with its experiment
-    for name, runs in by_exp.items():
+    for runs in by_exp.values():
         assert sorted(r.info.run_name for r in runs) == ["evaluate-sdclr-split0", "pretrain-sdclr-split0", "report"]
         assert all(r.info.status == "FINISHED" for r in runs)
     ratios = sorted(r.data.params["prune_ratio"] for runs in by_exp.values() for r in runs

@@ -14,7 +14,8 @@ import subprocess
 
 import pytest
 
-from sdclr.pipeline.numerics import PORTABLE_ENV, THREAD_ENV
+from sdclr.registry import METHODS
+from sdclr.runtime.numerics import PORTABLE_ENV, THREAD_ENV
 from tests.conftest import FASHION_SYSTEM_DIR
 from tests.dvc_project import dvc, make_project, project_env, stage_command, update_params
 
@@ -90,7 +91,7 @@ def _fake_trained_outputs(proj, splits) -> None:
     rels = ["reports/report.md", "reports/summary.json", "reports/pretrain_loss.csv",
             *(f"reports/figures/{f}.png" for f in ("group_accuracy", "pretrain_loss", "class_counts", "bcl_w_by_group",
                                                    "gh_prior", "paired_differences")),
-            *(f"reports/scores/{m}.json" for m in ("random", "simclr", "sdclr", "sbid", "simclr_ts", "bcl_i", "bcl_d", "simclr_gh", "sdclr_gh"))]
+            *(f"reports/scores/{m}.json" for m in ("random", *METHODS))]
     for k in splits:
         for m in ("simclr", "sdclr", "sbid"):
             rels += [f"models/{m}/split{k}.pt", f"reports/pretrain/{m}/split{k}.csv"]

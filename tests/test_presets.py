@@ -8,10 +8,11 @@ import sys
 
 import pytest
 
-from sdclr.config import PRESET_DIR, load_params
+from sdclr.config import PRESET_DIR
 from sdclr.data.longtail import longtail_counts
 from sdclr.errors import ConfigError
 from sdclr.pipeline.presets import apply_preset, available
+from sdclr.registry import load_params
 from tests.dvc_project import ROOT
 
 

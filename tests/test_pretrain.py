@@ -13,14 +13,14 @@ import pytest
 import torch
 import yaml
 
-from sdclr.config import parse_params
 from sdclr.data.longtail import make_splits, write_splits
 from sdclr.errors import TrainingError
+from sdclr.pretrain_loop import Job, Outputs, pretrain
+from sdclr.pretrain_step import lr_at
+from sdclr.registry import method_class, parse_params
 from sdclr.storage import checkpoint
 from sdclr.storage.encoder_file import ModelSpec
 from sdclr.storage.io import save_npz, sha256_array, write_json
-from sdclr.train import Job, Outputs, pretrain
-from sdclr.training import lr_at
 from tests.conftest import balanced_labels
 from tests.dvc_project import make_project, project_env, run_in_process, stage_command
 
@@ -98,7 +98,8 @@ def test_kill_then_rerun_resumes_and_matches_an_uninterrupted_run(tiny_project, 
     killed_runs = client.search_runs([client.get_experiment_by_name("sdclr-fashion_mnist").experiment_id])
     assert [r.info.status for r in killed_runs] == ["RUNNING"]  # what the kill left
 
-    rerun = subprocess.run(_pretrain_cmd(method, tiny_project), cwd=tiny_project, env=env, capture_output=True, text=True)
+    rerun = subprocess.run(_pretrain_cmd(method, tiny_project), cwd=tiny_project, env=env, capture_output=True,
+                           text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert f"resuming {method} split 0 from epoch {killed_at}" in rerun.stdout
     assert not ckpt.exists()  # superseded by the final encoder
@@ -130,12 +131,14 @@ def test_checkpoint_of_other_params_is_not_resumed(tiny_project, tmp_path):
     lt = load_npz(tiny_project / "data/splits/fashion_mnist/split0.npz")["longtail"]
     spec = ModelSpec(1, [0.3], [0.3])
     ckpt = tmp_path / "c.ckpt"
-    pretrain(params, Job("simclr", 0, train["images"], lt, spec), Outputs(tmp_path / "a.pt", ckpt), stop_after_epoch=2)
+    pretrain(params, Job(method_class("simclr"), 0, train["images"], lt, spec), Outputs(tmp_path / "a.pt", ckpt),
+             stop_after_epoch=2)
     assert checkpoint.load(ckpt, "cpu")["epoch"] == 2
     notes = []
     raw = yaml.safe_load((tiny_project / "params.yaml").read_text())
     raw["pretrain"]["lr"] = 0.05
-    res = pretrain(parse_params(raw), Job("simclr", 0, train["images"], lt, spec), Outputs(tmp_path / "b.pt", ckpt),
+    res = pretrain(parse_params(raw), Job(method_class("simclr"), 0, train["images"], lt, spec),
+                   Outputs(tmp_path / "b.pt", ckpt),
                    log=notes.append, stop_after_epoch=1)
     assert res.resumed_from_epoch == 0
     assert any("different parameters" in n and "starting from epoch 0" in n for n in notes)
@@ -152,7 +155,8 @@ def test_nan_loss_stops_with_one_sentence_and_keeps_the_checkpoint(tiny_project,
     ckpt = tmp_path / "c.ckpt"
     ckpt.write_bytes(b"previous good checkpoint")
     with pytest.raises(TrainingError) as info:
-        pretrain(params, Job("simclr", 0, train["images"], lt, ModelSpec(1, [0.3], [0.3])), Outputs(tmp_path / "a.pt", ckpt))
+        pretrain(params, Job(method_class("simclr"), 0, train["images"], lt, ModelSpec(1, [0.3], [0.3])),
+                 Outputs(tmp_path / "a.pt", ckpt))
     msg = str(info.value)
     assert "the loss became" in msg and "pretrain.lr" in msg and "is kept" in msg
     assert ckpt.read_bytes() == b"previous good checkpoint"
@@ -178,7 +182,7 @@ def test_temperature_schedule_sets_each_epochs_tau_and_is_logged(tiny_project, t
     lt = load_npz(tiny_project / "data/splits/fashion_mnist/split0.npz")["longtail"]
     for method in ("simclr", "sbid"):
         history = tmp_path / f"{method}.csv"
-        pretrain(params, Job(method, 0, train["images"], lt, ModelSpec(1, [0.3], [0.3])),
+        pretrain(params, Job(method_class(method), 0, train["images"], lt, ModelSpec(1, [0.3], [0.3])),
                  Outputs(tmp_path / f"{method}.pt", tmp_path / f"{method}.ckpt", history), log=lambda _: None)
         rows = [dict(zip(*(line.split(",") for line in (history.read_text().splitlines()[0], row))))
                 for row in history.read_text().splitlines()[1:]]

@@ -20,11 +20,12 @@ import pytest
 import torch
 import yaml
 
-from sdclr.config import ParamError, ProbeParams, parse_params
+from sdclr.config import ParamError, ProbeParams
 from sdclr.errors import ConfigError
 from sdclr.evaluate import bcl_head, evaluate_encoder, few_shot_subsets, flat_metrics
 from sdclr.models import HeadSpec, build_model
 from sdclr.pipeline.presets import apply_preset
+from sdclr.registry import parse_params
 from sdclr.report import write_report
 from tests.dvc_project import splits_summary
 
@@ -110,7 +111,8 @@ def test_evaluation_with_bcls_protocol_records_every_subset(tmp_path):
     split = {"pool": pool, "val": val, "fewshot": pool[::20], "class_order": np.arange(4), "longtail": pool}
     probe = ProbeParams(protocol="bcl", lr=0.01, final_lr=1e-4, weight_decay=0.0, batch_size=32, full_shot_epochs=3,
                         few_shot_epochs=4, full_shot_milestones=[], few_shot_milestones=[])
-    params = SimpleNamespace(feature_batch_size=64, few_shot=[10, 5], knn_k=5, knn_temperature=0.1, knn_features="standardised", probe=probe)
+    params = SimpleNamespace(feature_batch_size=64, few_shot=[10, 5], knn_k=5, knn_temperature=0.1,
+                             knn_features="standardised", probe=probe)
     torch.manual_seed(0)
     net = build_model(8, 1, [0.5], [0.25], HeadSpec(2, 16, 8))
     metrics = evaluate_encoder(net.eval(), data, data, split, params, seed=0, device=torch.device("cpu"),
@@ -177,5 +179,6 @@ def test_the_report_puts_ours_beside_bcls_table_only_when_the_protocol_matches(t
                                                               evaluate__few_shot=[0.01]))
     section = other.split("## Reference: BCL's public re-run")[1].split("\n## ")[0]
     assert "Not subtracted from ours" in section and "ours − paper" not in section and "Like for like" not in section
-    assert "`evaluate.few_shot` = [0.01] (paper: [100, 50])" in section and "`pretrain.epochs` = 6 (paper: 2000)" in section
+    assert "`evaluate.few_shot` = [0.01] (paper: [100, 50])" in section
+    assert "`pretrain.epochs` = 6 (paper: 2000)" in section
     assert "| simclr | 50.7 | 46.3 | 42.4 |" in section

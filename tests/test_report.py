@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sdclr.config import parse_params
+from sdclr.registry import parse_params
 from sdclr.report import write_report
 from sdclr.report.aggregate import aggregate, load_metrics
 from sdclr.report.claims import compare
@@ -49,7 +49,8 @@ def test_one_split_has_no_interval():
 def _metrics(method: str, split: int, acc: float, minor: float = 0.7) -> dict:
     groups = {"major": acc - 0.05, "moderate": acc, "minor": minor}
     kind = {"accuracy": acc, "balancedness": 0.05, "groups": groups, "per_class": [acc] * 10}
-    return {"method": method, "split": split, "dataset": "fashion_mnist", "full_shot": kind, "few_shot": kind, "knn": kind}
+    return {"method": method, "split": split, "dataset": "fashion_mnist", "full_shot": kind, "few_shot": kind,
+            "knn": kind}
 
 
 def _write_metrics(root: Path, table: dict[str, list[float]]) -> Path:
@@ -89,7 +90,8 @@ def _report(tmp_path: Path, raw_params: dict, dataset: str, table: dict) -> str:
     summary = splits_summary()
     (splits / "summary.json").write_text(json.dumps(summary))
     out = tmp_path / "out"
-    write_report(_write_metrics(tmp_path / "metrics", table), tmp_path / "none", splits / "summary.json", params, out, [])
+    write_report(_write_metrics(tmp_path / "metrics", table), tmp_path / "none", splits / "summary.json", params, out,
+                 [])
     return (out / "report.md").read_text()
 
 
@@ -154,7 +156,7 @@ def test_loss_table_gathers_every_method_and_split(tmp_path):
 
 
 def test_cost_file_collects_entries_and_survives_damage(tmp_path):
-    from sdclr.pipeline.cost import markdown, record
+    from sdclr.runtime.cost import markdown, record
 
     path = tmp_path / "reports/cost.json"
     record("pretrain/simclr/split0", {"seconds": 12.5, "images_per_s": 800.0, "epochs": 6, "device": "cpu"}, path)
@@ -171,8 +173,8 @@ def test_cost_file_collects_entries_and_survives_damage(tmp_path):
 def test_deviations_come_from_the_recipe_preset(tmp_path, root):
     import shutil
 
-    from sdclr.config import load_params
     from sdclr.pipeline.presets import apply_preset
+    from sdclr.registry import load_params
     from sdclr.report.deviations import deviations
 
     default = deviations(load_params(root / "params.yaml"))

@@ -8,11 +8,10 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from sdclr.config import parse_params
 from sdclr.errors import ConfigError
-from sdclr.methods import method_class
 from sdclr.methods.sbid import SingleBranchID
 from sdclr.models import build_model
+from sdclr.registry import method_class, parse_params
 from tests.reference_ops import sqrt_self_distillation
 
 N, B = 40, 8
@@ -114,10 +113,13 @@ def test_params_schedule_and_fingerprint_inputs(raw_params):
     params = parse_params(raw_params)
     sbid, simclr = method_class("sbid"), method_class("simclr")
     assert (sbid.setting(params, "epochs"), sbid.setting(params, "lr")) == (3, 1.0)
-    assert sbid.setting_key(params, "lr") == "sbid.lr" and sbid.resolved_params(params) == {"sbid.epochs": 3, "sbid.lr": 1.0}
-    assert (simclr.setting(params, "epochs"), simclr.setting(params, "lr")) == (params.pretrain.epochs, params.pretrain.lr)
+    assert sbid.setting_key(params, "lr") == "sbid.lr"
+    assert sbid.resolved_params(params) == {"sbid.epochs": 3, "sbid.lr": 1.0}
+    assert (simclr.setting(params, "epochs"), simclr.setting(params, "lr")) == (params.pretrain.epochs,
+                                                                              params.pretrain.lr)
     assert sbid.shaping_params(params)["sbid"]["bank_update"] == params.sbid.bank_update
-    assert method_class("sbid").head_spec(params).last_bn is False and method_class("sdclr").head_spec(params).last_bn is True
+    assert method_class("sbid").head_spec(params).last_bn is False
+    assert method_class("sdclr").head_spec(params).last_bn is True
 
 
 @pytest.mark.parametrize("value,ok", [(0, True), (4096, True), ("all", True), (-1, False), ("most", False),

@@ -14,14 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from sdclr.config import ProbeParams, parse_params
+from sdclr.config import ProbeParams
 from sdclr.data.longtail import load_split
 from sdclr.evaluate import Heldout, evaluate_encoder, extract_features, linear_probe
 from sdclr.models import HeadSpec, build_model
+from sdclr.pretrain_loop import Job, build, run_epoch
 from sdclr.pruning import masked_convs
+from sdclr.registry import method_class, parse_params
 from sdclr.storage.encoder_file import ModelSpec
 from sdclr.storage.io import load_npz
-from sdclr.train import Job, build, run_epoch
 from tests.test_pretrain import tiny_project  # noqa: F401  (a fixture)
 
 
@@ -45,7 +46,7 @@ def test_sdclrs_pruned_branch_follows_the_dense_weights_from_epoch_to_epoch(tiny
     params = parse_params(raw)
     images = load_npz(tiny_project / "data/raw/fashion_mnist/train.npz")["images"]
     longtail = load_split(tiny_project / "data/splits/fashion_mnist", 0)["longtail"]
-    training = build(params, Job("sdclr", 0, images, longtail, ModelSpec(1, [0.3], [0.3])))
+    training = build(params, Job(method_class("sdclr"), 0, images, longtail, ModelSpec(1, [0.3], [0.3])))
     convs = masked_convs(training.method.net)
     masks_seen, weights_at_start = [], []
     for epoch in range(3):
@@ -71,7 +72,8 @@ def _features_problem(step: int = 60):
     net = build_model(8, 1, [0.5], [0.25], HeadSpec(2, 16, 8)).eval()
     probe = ProbeParams(protocol="features", lr=0.1, final_lr=1e-6, weight_decay=0.0, batch_size=16, full_shot_epochs=6,
                         few_shot_epochs=12, full_shot_milestones=[], few_shot_milestones=[])
-    params = SimpleNamespace(feature_batch_size=64, few_shot=[0.01], knn_k=5, knn_temperature=0.1, knn_features="standardised", probe=probe)
+    params = SimpleNamespace(feature_batch_size=64, few_shot=[0.01], knn_k=5, knn_temperature=0.1,
+                             knn_features="standardised", probe=probe)
     return net, images, y, split, params
 
 

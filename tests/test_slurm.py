@@ -12,21 +12,21 @@ import os
 import re
 import signal
 import socket
-from shutil import which as shutil_which
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from shutil import which as shutil_which
 
 import pytest
 import yaml
 
-from sdclr.config import parse_params
 from sdclr.errors import SdclrError
 from sdclr.pipeline import slurm
 from sdclr.pipeline.parallel import run
 from sdclr.pipeline.slurm import resources
+from sdclr.registry import parse_params
 from tests.dvc_project import make_project, project_env, stage_command
 from tests.mlflow_ui import check_runs_view, mlflow_server
 from tests.slurm_cluster import _free_ports, slurm_cluster  # noqa: F401
@@ -57,7 +57,8 @@ def _cluster_env(cluster) -> dict:
 def test_each_stage_is_one_job_and_dvc_writes_the_lock(slurm_cluster, tmp_path):
     proj = synthetic_project(tmp_path / "p", {
         "a": _stage("a.txt", "import pathlib; pathlib.Path('a.txt').write_text('A')"),
-        "b": _stage("b.txt", "import pathlib; pathlib.Path('b.txt').write_text(pathlib.Path('a.txt').read_text() + 'B')",
+        "b": _stage("b.txt",
+                    "import pathlib; pathlib.Path('b.txt').write_text(pathlib.Path('a.txt').read_text() + 'B')",
                     deps=("a.txt",)),
     })
     env = _cluster_env(slurm_cluster)
@@ -131,7 +132,8 @@ def _no_process_in(folder: Path) -> list[str]:
 
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_stopping_the_slurm_driver_cancels_its_jobs_and_leaves_no_process(slurm_cluster, tmp_path, how):
-    """Ctrl-C reaches the whole foreground group; SIGTERM (`timeout`, a service manager, SLURM itself) the driver only."""
+    """Ctrl-C reaches the whole foreground group; SIGTERM (`timeout`, a service manager, SLURM itself) the driver
+    only."""
     proj = synthetic_project(tmp_path / "p", {
         "long": _stage("long.txt", "import pathlib, time; pathlib.Path('started').write_text('x'); time.sleep(300)")})
     env = _cluster_env(slurm_cluster)
@@ -269,7 +271,8 @@ def test_a_stage_failing_with_its_own_error_is_not_taken_for_a_time_limit(slurm_
                                   ["--slurm-args=--time=0:05:00"]], ids=["one option", "several", "equals form"])
 def test_slurm_args_take_one_option_several_or_the_equals_form(slurm_cluster, tmp_path, form):
     """argparse takes a lone value starting with `-` for an option: `--slurm-args "--gres=gpu:1"` failed."""
-    proj = synthetic_project(tmp_path / "p", {"a": _stage("a.txt", "import pathlib; pathlib.Path('a.txt').write_text('A')")})
+    proj = synthetic_project(tmp_path / "p",
+                             {"a": _stage("a.txt", "import pathlib; pathlib.Path('a.txt').write_text('A')")})
     done = subprocess.run([sys.executable, "-m", "sdclr.pipeline.parallel", "--slurm", *form], cwd=proj,
                           env=_cluster_env(slurm_cluster), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, (done.stdout, done.stderr)

@@ -28,7 +28,8 @@ FMNIST_ARRAYS = {
     "test_images": "748369adf4e34b46422b32eddfb4f938df283772f9cc47c5105138ba7d2fe25a",
     "test_labels": "57c9f313824bec6c3d4d9d91e156002d02dc743c5b434b297637047d8ada755a",
 }
-FMNIST_NAMES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+FMNIST_NAMES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                "t10k-labels-idx1-ubyte"]
 
 
 def _check_fmnist(out: Path):
@@ -118,7 +119,8 @@ def _write_cifar(root: Path, dataset: str, n_per_file=7) -> dict[str, bytes]:
         batches["test_batch"] = _batch(n_per_file, 10, 9, b"labels")
         batches["batches.meta"] = {b"label_names": [f"c{i}".encode() for i in range(10)], b"num_vis": 3072}
     else:
-        batches = {"train": _batch(n_per_file, 100, 1, b"fine_labels"), "test": _batch(n_per_file, 100, 2, b"fine_labels")}
+        batches = {"train": _batch(n_per_file, 100, 1, b"fine_labels"),
+                   "test": _batch(n_per_file, 100, 2, b"fine_labels")}
         for b in ("train", "test"):
             batches[b][b"coarse_labels"] = [0] * n_per_file
         batches["meta"] = {b"fine_label_names": [f"f{i}".encode() for i in range(100)],

@@ -20,12 +20,12 @@ import pytest
 import torch
 import yaml
 
-from sdclr.config import parse_params
-from sdclr.pipeline import tracking
+from sdclr.pretrain_loop import Job, Outputs, pretrain
+from sdclr.registry import method_class, parse_params
+from sdclr.runtime import tracking
 from sdclr.storage import io
 from sdclr.storage.encoder_file import ModelSpec
 from sdclr.storage.io import load_npz
-from sdclr.train import Job, Outputs, pretrain
 from tests.dvc_project import ROOT, project_env, run_in_process, stage_command
 from tests.test_pretrain import tiny_project  # noqa: F401  (a fixture)
 
@@ -83,7 +83,8 @@ def test_resuming_at_the_last_epoch_reports_the_restored_loss(tiny_project, tmp_
     params = parse_params(raw)
     images = load_npz(tiny_project / "data/raw/fashion_mnist/train.npz")["images"]
     longtail = load_npz(tiny_project / "data/splits/fashion_mnist/split0.npz")["longtail"]
-    args = (params, Job("simclr", 0, images, longtail, ModelSpec(1, [0.3], [0.3])), Outputs(tmp_path / "a.pt", tmp_path / "c.ckpt"))
+    args = (params, Job(method_class("simclr"), 0, images, longtail, ModelSpec(1, [0.3], [0.3])),
+            Outputs(tmp_path / "a.pt", tmp_path / "c.ckpt"))
     first = pretrain(*args)  # leaves its last-epoch checkpoint (the stage deletes it; a kill would not)
     again = pretrain(*args, log=lambda _: None)
     assert again.epochs_run == 0 and again.final_loss == first.final_loss
@@ -136,7 +137,8 @@ def test_a_failing_compile_is_one_line_and_the_run_goes_on_eagerly(tiny_project,
         run_env = {**env, "CXX": "/bin/false", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
         cmd = stage_command(tiny_project, "pretrain-simclr", 0)
         # the eager reference in this process (its CPU is the stage's imports); the failing compile in its own
-        out = _run(cmd, tiny_project, run_env, timeout=600)[0] if compile_ else run_in_process(cmd, tiny_project, run_env)
+        out = (_run(cmd, tiny_project, run_env, timeout=600)[0] if compile_
+               else run_in_process(cmd, tiny_project, run_env))
         assert out.returncode == 0, out.stderr[-3000:]
         notes = [line for line in out.stdout.splitlines() if "torch.compile failed" in line]
         assert len(notes) == (1 if compile_ else 0), out.stdout

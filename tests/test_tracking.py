@@ -12,7 +12,7 @@ def test_concurrent_first_use_of_a_new_sqlite_store(tmp_path, root):
     """Four processes create the same new store together; all succeed and it works after."""
     db = tmp_path / "store" / "mlflow.db"
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{db}", "PYTHONPATH": str(root)}
-    procs = [subprocess.Popen([sys.executable, "-m", "sdclr.pipeline.tracking"], env=env, stdout=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, "-m", "sdclr.runtime.tracking"], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(4)]
     for p in procs:
         out, err = p.communicate(timeout=180)
@@ -28,24 +28,27 @@ def test_concurrent_first_use_of_a_new_sqlite_store(tmp_path, root):
 
 
 def test_the_experiment_carries_the_runs_view_and_the_store_prints_its_link(tmp_path, root):
-    """An experiment made before the view existed gets it on next use; `python -m sdclr.pipeline.tracking` prints its link."""
+    """An experiment made before the view existed gets it on next use; `python -m sdclr.runtime.tracking` prints its
+    link."""
     import json
 
     import mlflow
 
-    from sdclr.pipeline.tracking import ACCURACY_COLUMNS, RUNS_VIEW
+    from sdclr.runtime.tracking import ACCURACY_COLUMNS, RUNS_VIEW
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     old = mlflow.MlflowClient(uri).create_experiment("sdclr-fashion_mnist", tags={"mlflow.experimentKind": "x"})
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(root)}
-    code = "from sdclr.pipeline import tracking; print(tracking.experiment_id('sdclr-fashion_mnist'), tracking.experiment_id('sdclr-x-reports'))"
-    ids = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
+    code = ("from sdclr.runtime import tracking; "
+            "print(tracking.experiment_id('sdclr-fashion_mnist'), tracking.experiment_id('sdclr-x-reports'))")
+    ids = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
     assert ids[0] == old
     (key, value), = RUNS_VIEW.items()
     assert mlflow.MlflowClient(uri).get_experiment(old).tags[key] == value
     state = json.loads(json.loads(value)["state"])
     assert state["selectedColumns"] == state["columnOrder"] == list(ACCURACY_COLUMNS) and not state["orderByAsc"]
-    out = subprocess.run([sys.executable, "-m", "sdclr.pipeline.tracking"], env=env, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "sdclr.runtime.tracking"], env=env, capture_output=True, text=True,
                          check=True).stdout.splitlines()
     assert out[1:] == [f"sdclr-fashion_mnist: http://127.0.0.1:5000/#/experiments/{old}/runs"
                        "?workflowType=machine_learning&viewStateShareKey=runs"]  # not the reports experiment

@@ -28,8 +28,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from sdclr.config import AugmentParams
-
 #: torchvision's grayscale weights (ITU-R 601-2 luma, with torchvision's 0.2989 for red)
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 CROP_ATTEMPTS = 10
@@ -203,7 +201,9 @@ def color_jitter(images: torch.Tensor, factors: torch.Tensor, order: torch.Tenso
 class BatchAugment:
     """The SimCLR view generator: uint8 N×C×H×W (+ generator) → float32 N×C×H×W in [0, 1]."""
 
-    def __init__(self, params: AugmentParams, channels: int):
+    def __init__(self, params, channels: int):
+        """``params``: params.yaml's ``augment`` group (:class:`sdclr.config.AugmentParams`; not
+        imported here, so that the data package sits below the params it is configured by)."""
         if channels not in (1, 3):
             raise ValueError(f"BatchAugment supports 1 or 3 channels, got {channels}")
         self.params = params

@@ -1,8 +1,8 @@
 """The datasets this pipeline runs on: one row each, holding everything about it.
 
 A row says where the official files are and what their digests are, how to parse them, what
-the images look like, where an OS package puts a copy, which published numbers the report
-shows beside ours and which preset holds the papers' recipe for it. No code outside this
+the images look like, where an OS package puts a copy and which preset holds the papers' recipe
+for it (the numbers the papers published are the report's: :mod:`sdclr.report.published`). No code outside this
 table branches on a dataset's name: :mod:`sdclr.data.sources` fetches and verifies the
 row's files, :mod:`sdclr.config` accepts ``data.dataset`` only as a key of :data:`DATASETS`,
 :mod:`sdclr.report` and :mod:`sdclr.pipeline.fingerprint` read the rest from the row. Adding a
@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 from sdclr.data.formats import parse_cifar_pickle, parse_idx
 
@@ -26,22 +26,6 @@ class SystemCopy:
 
     path: Path
     package: str  # what the error sentence tells the user to apt-get install
-
-
-@dataclass(frozen=True)
-class PaperReference:
-    """Published numbers, shown in the report beside results on this dataset only.
-
-    ``measures`` says which of our numbers each column is (probe, field of its aggregate), and
-    ``protocol`` the params (dotted keys) a run must share with the paper for the two to be
-    subtracted: its evaluation protocol and the settings that move the numbers most.
-    """
-
-    title: str
-    columns: tuple[str, ...]
-    rows: Mapping[str, tuple[str, ...]]  # method → one cell per column, as published
-    measures: tuple[tuple[str, str], ...]  # per column: (probe, "accuracy" or a group)
-    protocol: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -68,7 +52,6 @@ class Dataset:
     test_size: int
     num_classes: int
     system_copy: SystemCopy | None
-    paper_reference: PaperReference | None
     recipe_preset: str            # presets/<name>.yaml: the papers' recipe the report's deviations compare with
     #: said after "Dataset: <ours> instead of <the recipe's>" in the deviations, if anything
     deviation: str | None
@@ -94,7 +77,6 @@ DATASETS: dict[str, Dataset] = {
                                               "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")),
         channels=1, image_size=28, train_size=60_000, test_size=10_000, num_classes=10,
         system_copy=SystemCopy(Path("/usr/share/datasets/fashion-mnist"), "dataset-fashion-mnist"),
-        paper_reference=None,
         recipe_preset="cifar10_paper",
         deviation="colour jitter and grayscale are skipped for its 1-channel images",
     ),
@@ -119,17 +101,6 @@ DATASETS: dict[str, Dataset] = {
         parse=partial(parse_cifar_pickle, label_key="labels", names_key="label_names"),
         channels=3, image_size=32, train_size=50_000, test_size=10_000, num_classes=10,
         system_copy=None,
-        paper_reference=PaperReference(
-            "SDCLR paper, CIFAR-10-LT, Table 4 (full-shot probe, per group, mean ± std over 5 splits)",
-            ("major", "moderate", "minor"),
-            {"simclr": ("78.18 ± 4.18", "76.23 ± 5.33", "71.37 ± 7.07"),
-             "sdclr": ("86.44 ± 3.12", "81.84 ± 4.78", "76.23 ± 6.29")},
-            measures=(("full_shot", "major"), ("full_shot", "moderate"), ("full_shot", "minor")),
-            protocol={"evaluate.probe.protocol": "authors", "evaluate.probe.lr": 30.0,
-                      "evaluate.probe.weight_decay": 0.0, "evaluate.probe.batch_size": 128,
-                      "evaluate.probe.full_shot_epochs": 30, "evaluate.probe.full_shot_milestones": [10, 20],
-                      "pretrain.epochs": 2000, "model.width": 64, "subsample.imbalance_ratio": 100,
-                      "prune_ratio": 0.9}),
         recipe_preset="cifar10_paper",
         deviation=None,
     ),
@@ -149,22 +120,10 @@ DATASETS: dict[str, Dataset] = {
         parse=partial(parse_cifar_pickle, label_key="fine_labels", names_key="fine_label_names"),
         channels=3, image_size=32, train_size=50_000, test_size=10_000, num_classes=100,
         system_copy=None,
-        paper_reference=PaperReference(
-            "BCL's public re-run, CIFAR-100-LT split 1 (its README; its own Adam probe on frozen features; one "
-            "split, no std)",
-            ("full-shot", "100-shot", "50-shot"),
-            {"simclr": ("50.7", "46.3", "42.4"), "sdclr": ("55.0", "49.7", "45.6"),
-             "bcl_i": ("55.7", "50.1", "45.8"), "bcl_d": ("58.7", "52.6", "48.7")},
-            measures=(("full_shot", "accuracy"), ("few_shot", "accuracy"), ("few_shot_50shot", "accuracy")),
-            protocol={"evaluate.probe.protocol": "bcl", "evaluate.few_shot": [100, 50], "evaluate.probe.lr": 0.01,
-                      "evaluate.probe.final_lr": 1e-6, "evaluate.probe.weight_decay": 5e-6,
-                      "evaluate.probe.batch_size": 1000, "evaluate.probe.full_shot_epochs": 500,
-                      "evaluate.probe.few_shot_epochs": 500, "pretrain.epochs": 2000, "model.width": 64,
-                      "subsample.imbalance_ratio": 100}),
         recipe_preset="cifar100_paper",
         deviation=None,
     ),
 }
 
 
-__all__ = ["DATASETS", "Dataset", "PaperReference", "SystemCopy"]
+__all__ = ["DATASETS", "Dataset", "SystemCopy"]

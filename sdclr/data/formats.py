@@ -98,7 +98,8 @@ def _cifar_arrays(batches: list[dict], label_key: str, where: str, channels: int
         data = np.concatenate([np.asarray(b["data"], dtype=np.uint8) for b in batches])
         labels = np.concatenate([np.asarray(b[label_key], dtype=np.int64) for b in batches])
     except KeyError as e:
-        raise DataError(f"{where} lacks the {e.args[0]!r} entry of a CIFAR batch; replace it with the official file.")
+        raise DataError(f"{where} lacks the {e.args[0]!r} entry of a CIFAR batch; replace it with the official "
+                        "file.") from None
     if data.ndim != 2 or data.shape[1] != channels * size * size or len(data) != len(labels):
         raise DataError(f"{where} holds arrays of unexpected shape {data.shape}; replace it with the official file.")
     return data.reshape(-1, channels, size, size).transpose(0, 2, 3, 1).copy(), labels

@@ -123,7 +123,8 @@ class _FileSet:
                 try:
                     data = gzip.decompress(data)
                 except (OSError, EOFError) as e:
-                    raise DataError(f"{path} is not a readable gzip file ({e}); replace it with the official file.") from None
+                    raise DataError(f"{path} is not a readable gzip file ({e}); replace it with the official "
+                                    "file.") from None
         _verified(data, name, self.dataset, self.checksums, where)
         self.files[name] = _digest(data, self.info)
         return data
@@ -180,6 +181,43 @@ def _incomplete_source_message(dataset: str, source_dir: str, files: _FileSet) -
             f"or set data.source_dir to null to use {fallback}.")
 
 
+def _local_sources(info, source_dir: str | None, system_dir: str | Path | None) -> list[tuple[str, Path]]:
+    """Where to look before any download, in order: ``data.source_dir``, then the row's system copy."""
+    candidates: list[tuple[str, Path]] = []
+    if source_dir:
+        src = Path(source_dir).expanduser()
+        if not src.is_dir():
+            raise DataError(f"data.source_dir = {source_dir} is not a directory; point it at the folder "
+                            "holding the official files, or set it to null.")
+        candidates.append(("source_dir", src))
+    if info.system_copy is not None:
+        candidates.append(("system", Path(system_dir or info.system_copy.path)))
+    return candidates
+
+
+def _verified_files(name: str, candidates: list[tuple[str, Path]], source_dir: str | None, checksums: dict,
+                    allow_download: bool, tmp: Path, urls: tuple[str, ...]) -> "_FileSet":
+    """The first source whose files are all there and verified, else the download into ``tmp``, else
+    one sentence naming everything tried."""
+    tried = []
+    for kind, root in candidates:
+        fs = _FileSet(name, root, checksums, kind) if root.is_dir() else None
+        if fs is not None and fs.available():
+            return fs
+        if kind == "source_dir":  # an explicit source that lacks files is a mistake, not a reason to look elsewhere
+            raise DataError(_incomplete_source_message(name, source_dir, fs))
+        tried.append(f"{kind} {root}")
+    if not allow_download:
+        raise DataError(_no_source_message(name, [*tried, "download (off: data.download is false)"]))
+    try:
+        _download(name, tmp, urls)
+        files = _FileSet(name, tmp, checksums, "download")  # verifies an archive as it opens it
+    except DataError as e:
+        raise DataError(_no_source_message(name, [*tried, str(e)])) from None
+    files.label = urls[0]
+    return files
+
+
 def fetch_dataset(name: str, out_dir: str | Path, source_dir: str | None = None, allow_download: bool = True,
                   system_dir: str | Path | None = None, checksums: dict | None = None,
                   urls: tuple[str, ...] | None = None) -> dict:
@@ -195,41 +233,9 @@ def fetch_dataset(name: str, out_dir: str | Path, source_dir: str | None = None,
         raise DataError(f"unknown dataset {name!r}; accepted: {', '.join(DATASETS)}.")
     info = DATASETS[name]
     checksums = dict(info.checksums if checksums is None else checksums)
-    out_dir = Path(out_dir)
-
-    candidates: list[tuple[str, Path]] = []
-    if source_dir:
-        src = Path(source_dir).expanduser()
-        if not src.is_dir():
-            raise DataError(f"data.source_dir = {source_dir} is not a directory; point it at the folder "
-                            "holding the official files, or set it to null.")
-        candidates.append(("source_dir", src))
-    if info.system_copy is not None:
-        candidates.append(("system", Path(system_dir or info.system_copy.path)))
-
-    tried = []
     with tempfile.TemporaryDirectory(prefix=f"sdclr-{name}-") as tmp:
-        files = None
-        for kind, root in candidates:
-            fs = _FileSet(name, root, checksums, kind) if root.is_dir() else None
-            if fs is not None and fs.available():
-                files = fs
-                break
-            if kind == "source_dir":  # an explicit source that lacks files is a mistake, not a reason to look elsewhere
-                raise DataError(_incomplete_source_message(name, source_dir, fs))
-            tried.append(f"{kind} {root}")
-        if files is None and allow_download:
-            try:
-                _download(name, Path(tmp), urls or info.urls)
-                files = _FileSet(name, Path(tmp), checksums, "download")
-                files.label = (urls or info.urls)[0]
-            except DataError as e:
-                tried.append(str(e))
-        elif files is None:
-            tried.append("download (off: data.download is false)")
-        if files is None:
-            raise DataError(_no_source_message(name, tried))
-
+        files = _verified_files(name, _local_sources(info, source_dir, system_dir), source_dir, checksums,
+                                allow_download, Path(tmp), urls or info.urls)
         train, test, classes = info.parse(files, info)
         meta = {
             "dataset": name,
@@ -243,7 +249,7 @@ def fetch_dataset(name: str, out_dir: str | Path, source_dir: str | None = None,
             "test_count": int(len(test["labels"])),
             "image_shape": list(train["images"].shape[1:]),
         }
-        with atomic_dir(out_dir) as staging:
+        with atomic_dir(Path(out_dir)) as staging:
             save_npz(staging / "train.npz", **train)
             save_npz(staging / "test.npz", **test)
             write_json(staging / "meta.json", meta)

@@ -12,20 +12,22 @@ A method's class also owns what the rest of the pipeline says about it: its para
 claims about it (``claim_source``, ``claim_heading``, ``claims``: the report checks each on
 every run) and its own report section and figures, if any (``report_section``, ``figures``).
 
-Adding a method: a module with a ``Method`` subclass, its entry in :data:`sdclr.methods.REGISTRY`,
+Adding a method: a module with a ``Method`` subclass, its entry in :data:`sdclr.registry.REGISTRY`,
 its params block (if any) in params.yaml and its name in params.yaml's ``methods``; then
 ``python -m sdclr.pipeline.dvc_stages`` writes its stages into dvc.yaml (see docs/design.md).
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import nn
 
-from sdclr.config import Params, param
+from sdclr.config import Declared, Params, param
+from sdclr.errors import ConfigError
 from sdclr.models import HeadSpec
 
 #: the probes a claim may name (the evaluate stage's metrics file has one entry each)
@@ -92,11 +94,9 @@ class Method(nn.Module):
     claim_heading: ClassVar[str] = ""
     #: the claims the report checks on every run where both methods ran
     claims: ClassVar[tuple[Claim, ...]] = ()
-    #: ``"module:function"`` of its own report section, ``f(per_image, params, figures_dir) ->
-    #: markdown lines``: kept out of this module, so that editing a figure retrains nothing
+    #: the key of its own report section and figures in :data:`sdclr.report.SECTIONS` (``"bcl"``):
+    #: they live with the report, so that editing a figure retrains nothing
     report_section: ClassVar[str | None] = None
-    #: the figures that section draws (``reports/figures/<name>.png``, declared in dvc.yaml)
-    figures: ClassVar[tuple[str, ...]] = ()
 
     #: the contrastive temperature in use (logged every epoch)
     temperature: float
@@ -192,3 +192,24 @@ class Method(nn.Module):
         The extras are averaged over the epoch and logged beside the loss.
         """
         raise NotImplementedError
+
+
+def load_method(spec: str) -> type[Method]:
+    """The method class ``"module:Class"`` names, its module imported now: the registry's lazy load
+    (:func:`sdclr.registry.method_class`), and how a pretrain stage loads the one it trains without
+    reading the registry."""
+    module, _, cls = spec.partition(":")
+    try:
+        found = getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError, ValueError):
+        found = None
+    if not (isinstance(found, type) and issubclass(found, Method)):
+        raise ConfigError(f"{spec!r} names no pretraining method; accepted: module:Class of a "
+                          "sdclr.methods.base.Method subclass, as sdclr/registry.py lists them.")
+    return found
+
+
+def declared_by(cls: type[Method]) -> Declared:
+    """What one method declares about params.yaml: a pretrain stage reads its params with it alone."""
+    blocks = dict([cls.params_block]) if cls.params_block is not None else {}
+    return Declared(blocks=blocks, checks={cls.name: cls.check_params})

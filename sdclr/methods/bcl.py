@@ -55,8 +55,7 @@ class Boosted:
     claim_source = "BCL (Zhou et al. 2022)"
     claim_heading = ("Boosting the augmentation of the images the network has not memorised should beat the method it "
                      "boosts (BCL-I over SimCLR, BCL-D over SDCLR), most on Minor classes.")
-    report_section = "sdclr.methods.bcl_report:weight_section"
-    figures = ("bcl_w_by_group",)
+    report_section = "bcl"  # sdclr/report/bcl.py
     #: RandAugment ops per view
     ops: int
 

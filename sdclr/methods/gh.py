@@ -39,8 +39,10 @@ class GhParams:
     sinkhorn_epsilon: float = setting(in_range(lo=0.02, what="a number"), "ε of the Sinkhorn kernel exp(logit/ε) "
                                                                            "(official: 0.05; >= 0.02 keeps it finite)")
     sinkhorn_iterations: int = setting(positive("a positive integer"), "Sinkhorn iterations (official: 300)")
-    warmup_epochs: int = setting(non_negative("an integer"), "contrastive-only epochs before GH (official: 500 of 1000)")
-    ramp_epochs: int = setting(positive("a positive integer"), "epochs over which GH's weight rises to 1 (official: 10)")
+    warmup_epochs: int = setting(non_negative("an integer"),
+                                 "contrastive-only epochs before GH (official: 500 of 1000)")
+    ramp_epochs: int = setting(positive("a positive integer"),
+                               "epochs over which GH's weight rises to 1 (official: 10)")
     refresh_every: int = setting(positive("a positive integer"), "π is recomputed when the warm-up ends and at every "
                                                                  "multiple of this epoch (official: 20)")
     beta_warmup: float = setting(in_range(lo=0, hi=1, hi_open=True, what="a number"),
@@ -56,8 +58,7 @@ class Harmonized:
     claim_source = "GH (Zhou et al. 2023)"
     claim_heading = ("Geometric Harmonization should beat the method it is added to (SimCLR, SDCLR), most on Minor "
                      "classes, and make it more balanced.")
-    report_section = "sdclr.methods.gh_report:prior_section"
-    figures = ("gh_prior",)
+    report_section = "gh"  # sdclr/report/gh.py
 
     @classmethod
     def check_params(cls, params):

@@ -37,8 +37,9 @@ def _negatives(v):
 class SbidParams:
     """Single-branch instance discrimination (Cao & Wu 2024); shares the ``pretrain`` schedule."""
 
-    head_hidden: int = setting(positive("a positive integer"), "head width: feat→hidden→BN→ReLU→hidden→BN→ReLU→proj_dim "
-                               "(paper: 2048)", deviation="sbid: head width {ours} instead of {paper}.")
+    head_hidden: int = setting(positive("a positive integer"),
+                               "head width: feat→hidden→BN→ReLU→hidden→BN→ReLU→proj_dim (paper: 2048)",
+                               deviation="sbid: head width {ours} instead of {paper}.")
     proj_dim: int = setting(positive("a positive integer"), "head output dimension = memory bank entry size")
     temperature: float = setting(positive(), "τ of the cross-entropy over the bank logits (paper: 0.2)",
                                  deviation="sbid: τ {ours} instead of {paper}.")
@@ -53,11 +54,13 @@ class SbidParams:
     bank_momentum: float = setting(in_range(lo=0, hi=1, hi_open=True, what="a number"), "momentum rule: m (paper: 0.5)",
                                    recipe=False)
     bank_step: float = setting(positive(), "gradient rule: step size along Σ_i (y_ik − p_ik)·z_i", recipe=False)
-    cutmix: bool = setting(None, "batch-level CutMix with mixed targets", deviation="sbid: CutMix {ours} instead of {paper}.")
+    cutmix: bool = setting(None, "batch-level CutMix with mixed targets",
+                           deviation="sbid: CutMix {ours} instead of {paper}.")
     cutmix_alpha: float = setting(positive(), "CutMix Beta(α, α) (paper: 0.5)")
     epochs: Optional[int] = setting(positive("a positive integer or null"), "null = pretrain.epochs (Cao & Wu: 200)",
                                     deviation="sbid: {ours} epochs instead of {paper}.")
-    lr: Optional[float] = setting(positive("a positive number or null"), "null = pretrain.lr (Cao & Wu: 1.0 at batch 512)",
+    lr: Optional[float] = setting(positive("a positive number or null"),
+                                  "null = pretrain.lr (Cao & Wu: 1.0 at batch 512)",
                                   deviation="sbid: peak lr {ours} instead of {paper}.")
 
 

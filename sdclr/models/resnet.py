@@ -100,7 +100,8 @@ class ResNet18(nn.Module):
         in_planes = width
         for i, (mult, stride) in enumerate(((1, 1), (2, 2), (4, 2), (8, 2)), start=1):
             planes = width * mult
-            setattr(self, f"layer{i}", nn.ModuleList([BasicBlock(in_planes, planes, stride), BasicBlock(planes, planes, 1)]))
+            setattr(self, f"layer{i}",
+                    nn.ModuleList([BasicBlock(in_planes, planes, stride), BasicBlock(planes, planes, 1)]))
             in_planes = planes
         self.feature_dim = in_planes
         self._init_weights()

@@ -1,9 +1,8 @@
-"""The pipeline around the science: what makes a result trustworthy and easy to re-make, and
-nothing that decides a number by itself.
+"""The tools that drive the pipeline from above: they run DVC, SLURM and the comparison, and
+import the science; nothing of the science imports them.
 
-Stage plumbing (:mod:`.stage`, :mod:`.parallel`, :mod:`.dvc_stages`, :mod:`.presets`), the
-portable numerics and the CPU fingerprint (:mod:`.numerics`, :mod:`.fingerprint`, :mod:`.compare`)
-and what is recorded about a run (:mod:`.tracking`, :mod:`.cost`). The science (methods, models,
-data, losses, training and evaluation) sits one level up, in :mod:`sdclr`; the files both write
-safely are :mod:`sdclr.storage`.
+The parallel runner (:mod:`.parallel`) and its SLURM launcher (:mod:`.slurm`), dvc.yaml's writer
+(:mod:`.dvc_stages`), presets and experiments (:mod:`.presets`, :mod:`.experiment`), and the
+check of a run against the committed one (:mod:`.compare`, with the CPU's :mod:`.fingerprint`).
+What a stage calls while it runs sits below the science, in :mod:`sdclr.runtime`.
 """

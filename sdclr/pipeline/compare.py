@@ -71,7 +71,8 @@ def _stage_entries(root: Path) -> list[dict]:
 
 def _made_on(root: Path) -> str:
     """The machines and numerics that the stages of this run's splits recorded."""
-    seen = sorted({f"{e.get('device', '?')}, {e.get('numerics', 'numerics not recorded')}" for e in _stage_entries(root)})
+    seen = sorted({f"{e.get('device', '?')}, {e.get('numerics', 'numerics not recorded')}"
+                   for e in _stage_entries(root)})
     return "; ".join(seen) or "this machine"
 
 
@@ -117,7 +118,8 @@ def stage_outputs(lock_text: str | None) -> dict[tuple[str, str], str]:
     import yaml
 
     stages = (yaml.safe_load(lock_text) or {}).get("stages", {}) if lock_text else {}
-    return {(stage, out["path"]): out.get("md5", "") for stage, entry in stages.items() for out in entry.get("outs", [])}
+    return {(stage, out["path"]): out.get("md5", "")
+            for stage, entry in stages.items() for out in entry.get("outs", [])}
 
 
 def other_bytes(root: Path, rev: str = "HEAD") -> tuple[list[tuple[str, str]], int]:
@@ -160,8 +162,8 @@ def comparison_line(root: Path, rev: str = "HEAD", fingerprint_text: str | None 
     differ, total = other_bytes(root, rev) if committed_text(root, "dvc.lock", rev) is not None else ([], 0)
     if biggest == 0 and not moved and same_splits:
         if not differ:
-            return ("compare: identical to the committed report (every score and verdict"
-                    + (f", and {'all ' * (total > 1)}{total} output{'s' * (total > 1)} byte for byte)." if total else ")."))
+            every = f", and {'all ' * (total > 1)}{total} output{'s' * (total > 1)} byte for byte" if total else ""
+            return f"compare: identical to the committed report (every score and verdict{every})."
         return (f"compare: same scores and verdicts; {_bytes_clause(differ, total)}; "
                 f"{why(root, rev, fingerprint_text, uncovered=True)}.")
     verdicts = "verdicts unchanged" if not moved else f"verdicts changed: {'; '.join(moved)}"

@@ -2,8 +2,9 @@
 
 Each stage depends on exactly the project files its script can import (the import closure,
 read from the source), plus, for a pretrain stage, its own method's module and what that
-imports (the registry imports a method only when asked for). So editing ``sbid.py`` re-runs
-sbid's stages and the report, nothing else. Each method params.yaml lists gets its
+imports (its command names the method's ``module:Class``, which it loads without the
+registry). So editing ``sbid.py`` re-runs sbid's stages and the report, adding a method re-runs
+the report only, and nothing else. Each method params.yaml lists gets its
 ``pretrain-``/``evaluate-`` stages here, on ``subsample.splits``, with the params it declares
 (``stage_params``); the report declares its scores and its own figures.
 
@@ -24,6 +25,11 @@ import functools
 import sys
 import textwrap
 from pathlib import Path
+
+from sdclr.config import Params
+from sdclr.evaluate import STAGE_PARAMS
+from sdclr.registry import METHODS, REGISTRY, declared, load_params, method_class
+from sdclr.report import section_figures
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = "data/raw/${data.dataset}"
@@ -78,21 +84,16 @@ def import_closure(script: Path, root: Path = ROOT) -> set[Path]:
 
 def method_module(name: str, root: Path = ROOT) -> Path:
     """The file of a registered method's module."""
-    from sdclr.methods import REGISTRY
-
     return _module_file(REGISTRY[name].split(":")[0], root)
 
 
 @functools.cache  # every evaluate stage has the same deps: computed once
-def code_deps(script: str, methods: tuple[str, ...] = (), modules: tuple[str, ...] = (),
-              root: Path = ROOT) -> tuple[str, ...]:
-    """The script, then every other project file it, the named methods' modules and the named
-    ``modules`` (imported by name at run time, e.g. a method's report section) can import."""
+def code_deps(script: str, methods: tuple[str, ...] = (), root: Path = ROOT) -> tuple[str, ...]:
+    """The script, then every other project file it and the named methods' modules (which it loads
+    by name at run time) can import."""
     files = import_closure(root / script, root)
     for name in methods:
         files |= import_closure(method_module(name, root), root)
-    for name in modules:
-        files |= import_closure(_module_file(name, root), root)
     rest = sorted(p.relative_to(root).as_posix() for p in files if p != (root / script).resolve())
     return (script, *rest)
 
@@ -113,7 +114,7 @@ def _pretrain(name: str, cls) -> list[str]:
         "    foreach: ${subsample.splits}",
         "    do:",
         "      cmd: >-",
-        f"        python stages/pretrain.py --method {name} --split ${{item}} --raw {DATA} --splits {SPLITS}",
+        f"        python stages/pretrain.py --method {REGISTRY[name]} --split ${{item}} --raw {DATA} --splits {SPLITS}",
         f"        --out models/{name}/split${{item}}.pt --history reports/pretrain/{name}/split${{item}}.csv",
         f"        --checkpoint checkpoints/{name}/split${{item}}.ckpt --cost reports/cost.json{per_image}",
         *_list("deps", [*code_deps("stages/pretrain.py", (name,)), DATA, *SPLIT_FILES], 6),
@@ -131,7 +132,8 @@ def _evaluate(name: str, params: tuple[str, ...]) -> list[str]:
         "    foreach: ${subsample.splits}",
         "    do:",
         "      cmd: >-",
-        f"        python stages/evaluate.py --method {name} --split ${{item}} --raw {DATA} --splits {SPLITS}{model_arg}",
+        f"        python stages/evaluate.py --method {name} --split ${{item}} --raw {DATA} --splits {SPLITS}"
+        f"{model_arg}",
         f"        --out reports/metrics/{name}/split${{item}}.json --cost reports/cost.json",
         *_list("deps", [*code_deps("stages/evaluate.py"), DATA, *SPLIT_FILES, *model], 6),
         f"      params: [{', '.join(params)}]",
@@ -146,13 +148,14 @@ def _uncached(key: str, paths: list[str]) -> list[str]:
 
 HEADER = """\
 # Written by `python -m sdclr.pipeline.dvc_stages` from params.yaml's `methods`, the method registry
-# (sdclr/methods/__init__.py) and the stage scripts' imports: edit those and re-run it, not this
+# (sdclr/registry.py) and the stage scripts' imports: edit those and re-run it, not this
 # file (tests/test_dvc_deps.py checks that this file is what it writes).
 #
 # Each stage declares, as deps, the project files its script can import (a pretrain stage: and
-# its own method's module), plus its data, and exactly the params it reads, so any change it
-# could feel re-runs it and nothing else: `dvc exp run -S prune_ratio=0.5` re-runs SDCLR's
-# stages and an edit of sdclr/methods/sbid.py re-runs sbid's. Paths are written once, here:
+# its own method's module, named as module:Class in its command), plus its data, and exactly the
+# params it reads, so any change it could feel re-runs it and nothing else: `dvc exp run -S
+# prune_ratio=0.5` re-runs SDCLR's stages, an edit of sdclr/methods/sbid.py re-runs sbid's, and a
+# new method re-runs the report only. Paths are written once, here:
 # the stage scripts take them as arguments. Machine-dependent timings go to reports/cost.json,
 # which no stage declares.
 stages:
@@ -177,10 +180,6 @@ plots:
 
 def render(params_path: Path = ROOT / "params.yaml") -> str:
     """The whole dvc.yaml for the methods ``params_path`` lists."""
-    from sdclr.config import Params, load_params, method_blocks
-    from sdclr.evaluate import STAGE_PARAMS
-    from sdclr.methods import METHODS, method_class
-
     listed = load_params(params_path).methods
     methods = tuple(m for m in METHODS if m in listed)  # the registry's order, as the report's
     lines = [
@@ -199,21 +198,19 @@ def render(params_path: Path = ROOT / "params.yaml") -> str:
     ]
     for name in methods:
         lines += _pretrain(name, method_class(name))
-    lines += ["  # The untrained encoder of the same architecture (its `model` from params.yaml): what pretraining bought.",
+    lines += ["  # The untrained encoder of the same architecture (its `model` from params.yaml): what pretraining"
+              " bought.",
               *_evaluate("random", (*STAGE_PARAMS, "model"))]
     for name in methods:
         lines += _evaluate(name, STAGE_PARAMS)
-    sections = tuple(dict.fromkeys(method_class(m).report_section.split(":")[0] for m in methods
-                                   if method_class(m).report_section))
-    figures = ("group_accuracy", "pretrain_loss", "class_counts", "paired_differences",
-               *dict.fromkeys(f for m in methods for f in method_class(m).figures))
-    every_param = [*(f.name for f in dataclasses.fields(Params) if f.name != "blocks"), *method_blocks()]
+    figures = ("group_accuracy", "pretrain_loss", "class_counts", "paired_differences", *section_figures(methods))
+    every_param = [*(f.name for f in dataclasses.fields(Params) if f.name != "blocks"), *declared().blocks]
     lines += [
         "  report:",
         "    cmd: >-",
         f"      python stages/report.py --metrics reports/metrics --history reports/pretrain --splits {SPLITS}",
         "      --out reports",
-        *_list("deps", [*code_deps("stages/report.py", methods, sections), "presets", "reports/metrics",
+        *_list("deps", [*code_deps("stages/report.py", methods), "presets", "reports/metrics",
                         "reports/pretrain", f"{SPLITS}/summary.json"], 4),
         "    # The report's settings table shows every param, so it reads them all.",
         f"    params: [{', '.join(every_param)}]",
@@ -230,14 +227,16 @@ def render(params_path: Path = ROOT / "params.yaml") -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if dvc.yaml differs from what would be written")
-    parser.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="the params file whose methods it lists")
+    parser.add_argument("--params", type=Path, default=ROOT / "params.yaml",
+                        help="the params file whose methods it lists")
     parser.add_argument("--out", type=Path, default=ROOT / "dvc.yaml")
     args = parser.parse_args(argv)
     text = render(args.params)
     if args.check:
         current = args.out.read_text() if args.out.is_file() else ""
         if current != text:
-            print(f"{args.out} is not current: run `python -m sdclr.pipeline.dvc_stages` and commit it.", file=sys.stderr)
+            print(f"{args.out} is not current: run `python -m sdclr.pipeline.dvc_stages` and commit it.",
+                  file=sys.stderr)
             sys.exit(1)
         print(f"{args.out} is current.")
         return

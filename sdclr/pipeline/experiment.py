@@ -27,7 +27,8 @@ def set_params(root: Path, overrides: list[str]) -> None:
 
     try:
         by_file = to_path_overrides(overrides)
-        if any(o.is_sweep_override() for file_overrides in by_file.values() for o in to_hydra_overrides(file_overrides)):
+        hydra = [o for file_overrides in by_file.values() for o in to_hydra_overrides(file_overrides)]
+        if any(o.is_sweep_override() for o in hydra):
             raise SdclrError(f"-S {' '.join(overrides)} is a sweep (several values); give one value per key, or "
                              "queue the sweep with `dvc exp run --queue -S ...` and `dvc queue start`.")
         for path, file_overrides in by_file.items():

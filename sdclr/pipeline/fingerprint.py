@@ -140,7 +140,8 @@ def _kernel_ops(rec: _Recorder, params, net, size: int, channels: int) -> None:
         rec.record("batch norm", f"batch_norm {c} @{at} train grads", x.grad, weight.grad, bias.grad)
 
     feat, hidden, out = params.model.width * 8, params.model.head_hidden, params.model.proj_dim
-    x, w1, w2 = rec.tensor(batch, feat, grad=True), rec.tensor(hidden, feat, grad=True), rec.tensor(out, hidden, grad=True)
+    x, w1 = rec.tensor(batch, feat, grad=True), rec.tensor(hidden, feat, grad=True)
+    w2 = rec.tensor(out, hidden, grad=True)
     z = F.linear(F.relu(F.linear(x, w1)), w2)
     rec.record("linear layers", f"projection head {feat}->{hidden}->{out} forward", z)
     z.backward(rec.tensor(*z.shape))
@@ -168,7 +169,8 @@ def _project_ops(rec: _Recorder, params, images, spec) -> None:
 
     from sdclr.data.augment import BatchAugment
     from sdclr.losses import nt_xent
-    from sdclr.train import Job, build
+    from sdclr.pretrain_loop import Job, build
+    from sdclr.registry import method_class
 
     z1, z2 = rec.tensor(params.pretrain.batch_size, params.model.proj_dim, grad=True), \
         rec.tensor(params.pretrain.batch_size, params.model.proj_dim, grad=True)
@@ -178,10 +180,11 @@ def _project_ops(rec: _Recorder, params, images, spec) -> None:
 
     batch = torch.from_numpy(images[: params.pretrain.batch_size]).permute(0, 3, 1, 2).contiguous()
     gen = torch.Generator().manual_seed(0)
-    rec.record("augmentation", "BatchAugment (crop, flip, resample)", BatchAugment(params.augment, spec.in_channels)(batch, gen))
+    rec.record("augmentation", "BatchAugment (crop, flip, resample)",
+               BatchAugment(params.augment, spec.in_channels)(batch, gen))
 
     for method in ("simclr", "sdclr", "sbid"):
-        training = build(params, Job(method, 0, images, np.arange(len(images)), spec))
+        training = build(params, Job(method_class(method), 0, images, np.arange(len(images)), spec))
         training.method.initialise(training.data, training.gen, training.local_batch, None)
         training.step_fn.train()
         training.method.on_epoch_start(0)
@@ -244,11 +247,10 @@ def measure(params_path: str | Path = "params.yaml") -> list[dict]:
     import torch
     import yaml
 
-    from sdclr.config import parse_params
     from sdclr.data.datasets import DATASETS
-    from sdclr.methods import method_class
     from sdclr.models import build_model
-    from sdclr.pipeline.numerics import apply
+    from sdclr.registry import method_class, parse_params
+    from sdclr.runtime.numerics import apply
     from sdclr.storage.encoder_file import ModelSpec
 
     raw = yaml.safe_load(Path(params_path).read_text())
@@ -273,7 +275,7 @@ def header(params_path: str | Path) -> dict:
     """What the fingerprint was taken on and under (read by a person; not compared)."""
     import torch
 
-    from sdclr.pipeline.numerics import PORTABLE_ENV, cpu_model, describe, mode_in_params
+    from sdclr.runtime.numerics import PORTABLE_ENV, cpu_model, describe, mode_in_params
 
     mode = mode_in_params(params_path)
     return {"fingerprint": VERSION, "cpu": cpu_model(), "torch": torch.__version__, "numerics": describe(mode),
@@ -303,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from sdclr.pipeline.numerics import pin_before_torch
+    from sdclr.runtime.numerics import pin_before_torch
 
     pin_before_torch()  # first: torch reads its kernel level once, when it loads
     sys.exit(main())

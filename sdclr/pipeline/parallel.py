@@ -16,16 +16,11 @@ With ``--slurm`` each stage's work runs as a SLURM job while ``dvc repro`` waits
 (:mod:`sdclr.pipeline.slurm`; docs/design.md, "Clusters").
 
 - **Numerics.** A portable stage pins its kernels and runs on one thread whatever its
-  parent's environment (:mod:`sdclr.pipeline.numerics`), so ``--jobs`` cannot change a byte. With
+  parent's environment (:mod:`sdclr.runtime.numerics`), so ``--jobs`` cannot change a byte. With
   ``numerics: native`` each stage gets ``cores // jobs`` threads.
-- **Allocator.** Stages run with tcmalloc where the machine has it (Debian's
-  ``libtcmalloc-minimal4``, which ``scripts/setup.sh`` installs), else with glibc's malloc
-  told to keep freed memory: torch's CPU kernels allocate and free every activation each
-  step, and handing that memory back to the OS costs page faults. Measured: pretraining
-  +6–16 % (tcmalloc) and +3–12 % (glibc tunables) on one thread; the bytes are the same
-  (torch aligns every tensor itself). ``SDCLR_ALLOCATOR=system`` turns it off.
-- **GPUs.** With visible GPUs each stage gets one (``CUDA_VISIBLE_DEVICES``), at most
-  ``--per-gpu`` stages per GPU.
+- **Order** (:mod:`.plan`): the stages most others wait on first, then the longest.
+- **Allocator and GPUs** (:mod:`.environment`): tcmalloc for the stages where the machine has
+  it; with visible GPUs each stage gets one, at most ``--per-gpu`` stages per GPU.
 - **The lock race.** Two ``dvc`` processes that start or finish together can miss each
   other's lock (DVC issue #10465): the stage is started again, never failed on it.
 - **Failures.** A failed stage stops the others (SIGINT: a pretraining keeps its last
@@ -47,164 +42,30 @@ import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from sdclr.errors import SdclrError
 from sdclr.pipeline import experiment
+from sdclr.pipeline.environment import default_jobs, stage_env, visible_gpus
+from sdclr.pipeline.plan import LOCK_RETRIES, Plan, expected_seconds, plan, priority
+from sdclr.pipeline.progress import LOG_DIR, describe, error_line
+from sdclr.registry import load_params
 
 #: what DVC prints when it lost a lock race to another dvc process (repo lock or a path's rwlock)
 LOCK_RACE = re.compile(r"Unable to acquire lock|is busy, it is being blocked by|Lock file .* is locked")
-#: how often one stage is started again after losing a lock race
-LOCK_RETRIES = 8
-#: a pretraining's per-epoch line: "simclr split 0 epoch 3/6: ..."
-EPOCH = re.compile(r"epoch (\d+)/(\d+)")
 #: seconds without a start or finish before the runner says what is running
 HEARTBEAT_S = 60.0
-#: the launcher's line for a job's state: "slurm: job 42 RUNNING on node1"
-JOB_STATE = re.compile(r"slurm: job (\d+) ([A-Z_]+)")
-#: where each stage's output goes (DVC's own tmp folder: ignored by git and by DVC)
-LOG_DIR = Path(".dvc/tmp/parallel")
-#: stages at once with --slurm: jobs queued on the cluster, not cores here
+#: stages at once with --slurm: the jobs wait in SLURM's queue, not here
 SLURM_JOBS = 64
 
 
 class Terminated(Exception):
     """SIGTERM reached the runner: it stops its stages as on Ctrl-C."""
-
-
-@dataclass
-class Plan:
-    """The out-of-date stages in a runnable order, each one's out-of-date upstream stages, and
-    how many out-of-date stages wait on each (directly or not)."""
-
-    order: list[str]
-    upstream: dict[str, set[str]] = field(default_factory=dict)
-    waiting: dict[str, int] = field(default_factory=dict)
-
-
-def plan(root: Path, targets: list[str] | None = None) -> Plan:
-    """Ask DVC which stages must run: the changed ones and everything downstream of them.
-
-    ``dvc status`` only sees a stage's own changes (an upstream stage that will re-run has
-    not changed its outputs yet), so every stage downstream of a changed one runs too.
-    """
-    from dvc.exceptions import DvcException
-    from dvc.lock import LockError
-
-    here = os.getcwd()
-    os.chdir(root)  # stage addressing ("name", "name@item") is relative to the working directory
-    try:
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return _plan(targets)
-            except LockError as e:  # another dvc process is writing a path `dvc status` reads
-                if attempt == LOCK_RETRIES:
-                    raise SdclrError(f"another DVC process holds a lock this run needs ({str(e).splitlines()[0]}); "
-                                     f"wait for it to finish, or remove {root}/.dvc/tmp/rwlock if no dvc process "
-                                     "runs.") from None
-                time.sleep(attempt)
-            except DvcException as e:  # a broken dvc.yaml or params.yaml: DVC's own first line says what
-                raise SdclrError(f"DVC cannot read the pipeline in {root} ({str(e).splitlines()[0]}); fix it and "
-                                 "run again (`dvc status` shows the same message).") from None
-    finally:
-        os.chdir(here)
-
-
-def _plan(targets: list[str] | None) -> Plan:
-    import networkx as nx
-    from dvc.repo import Repo
-
-    with Repo(".") as repo:
-        graph = repo.index.graph  # edge (a, b): stage a depends on stage b
-        by_name = {stage.addressing: stage for stage in graph.nodes}
-        wanted = set(by_name)
-        if targets:
-            unknown = [t for t in targets if t not in by_name]
-            if unknown:
-                raise SdclrError(f"no stage named {', '.join(unknown)} in dvc.yaml; `dvc stage list` names them all.")
-            wanted = set(targets).union(*(
-                {s.addressing for s in nx.descendants(graph, by_name[t])} for t in targets))
-        changed = {name for name in repo.status(targets=sorted(wanted)) if name in wanted}
-    run = set(changed)
-    for name in changed:  # networkx's ancestors of a stage: the stages that depend on it
-        run |= {s.addressing for s in nx.ancestors(graph, by_name[name])} & wanted
-    order = [s.addressing for s in reversed(list(nx.topological_sort(graph))) if s.addressing in run]
-    upstream = {name: {s.addressing for s in graph.successors(by_name[name])} & run for name in order}
-    waiting = {name: len({s.addressing for s in nx.ancestors(graph, by_name[name])} & run) for name in order}
-    return Plan(order, upstream, waiting)
-
-
-def expected_seconds(root: Path) -> dict[str, float]:
-    """Each stage's time on its last run here (reports/cost.json), by stage name; a split not
-    timed yet gets the method's mean over the splits that were."""
-    try:
-        cost = json.loads((root / "reports" / "cost.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    by_kind: dict[str, list[float]] = {}
-    out = {}
-    for key, entry in cost.items():
-        parts = key.split("/")  # pretrain/<method>/split<k>
-        if len(parts) == 3 and parts[2].startswith("split") and isinstance(entry.get("seconds"), (int, float)):
-            out[f"{parts[0]}-{parts[1]}@{parts[2].removeprefix('split')}"] = entry["seconds"]
-            by_kind.setdefault(f"{parts[0]}-{parts[1]}", []).append(entry["seconds"])
-    out.update({kind: sum(v) / len(v) for kind, v in by_kind.items()})
-    return out
-
-
-def priority(the_plan: Plan, seconds: dict[str, float]):
-    """Which ready stage starts first: the one most stages wait on, then the longest (as last
-    timed): long pretrainings first, so that short evaluations fill the lanes at the end."""
-    def key(name: str) -> tuple[int, float]:
-        return -the_plan.waiting.get(name, 0), -seconds.get(name, seconds.get(name.split("@")[0], 0.0))
-    return key
-
-
-def visible_gpus(env=None) -> list[str]:
-    """The GPUs a stage could use: ``CUDA_VISIBLE_DEVICES`` when set (in ``env``, default this
-    process's environment), else what nvidia-smi lists."""
-    env = os.environ if env is None else env
-    if "CUDA_VISIBLE_DEVICES" in env:
-        return [g.strip() for g in env["CUDA_VISIBLE_DEVICES"].split(",") if g.strip() not in ("", "-1")]
-    if not shutil.which("nvidia-smi"):
-        return []
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
-
-
-def default_jobs(gpus: list[str], per_gpu: int) -> int:
-    """Stages at once: the cores (one thread each in portable numerics), or the GPU slots."""
-    return len(gpus) * per_gpu if gpus else max(1, len(os.sched_getaffinity(0)))
-
-
-#: where Debian, Fedora and others put tcmalloc's minimal build
-TCMALLOC = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib64/libtcmalloc_minimal.so.4",
-            "/usr/lib/libtcmalloc_minimal.so.4")
-#: glibc malloc without tcmalloc: serve activations from the heap and keep freed memory there
-GLIBC_KEEP = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
-              "MALLOC_TOP_PAD_": str(256 << 20)}
-
-
-def allocator_env(env: dict[str, str]) -> dict[str, str]:
-    """The environment variables that give the stages a faster allocator (see the module doc)."""
-    if env.get("SDCLR_ALLOCATOR") == "system":
-        return {}
-    found = next((path for path in TCMALLOC if Path(path).is_file()), None)
-    if found is None:
-        return {name: env.get(name, value) for name, value in GLIBC_KEEP.items()}
-    preload = env.get("LD_PRELOAD", "")
-    return {} if "tcmalloc" in preload else {"LD_PRELOAD": f"{found} {preload}".strip()}
 
 
 @dataclass
@@ -215,25 +76,6 @@ class Running:
     started: float
     gpu: str | None
     attempt: int
-
-
-def _error_line(text: str) -> str:
-    """The stage's own one-sentence error (``error: ...``), else DVC's first error line, else the last line."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for prefix in ("error: ", "ERROR: "):
-        found = [line for line in lines if line.startswith(prefix)]
-        if found:
-            return found[0].removeprefix(prefix)
-    return lines[-1] if lines else "no output"
-
-
-def _progress(r: Running) -> str:
-    """A running stage, with its SLURM job and state and the last epoch its log shows (pretrainings
-    print one line per epoch)."""
-    tail = r.log.read_text(errors="replace")[-4000:] if r.log.exists() else ""
-    jobs, epochs = JOB_STATE.findall(tail), EPOCH.findall(tail)
-    where = (f"job {jobs[-1][0]} {jobs[-1][1]}, " if jobs else "") + (f"epoch {epochs[-1][0]}/{epochs[-1][1]}, " if epochs else "")
-    return f"{r.name} ({where}{time.monotonic() - r.started:.0f} s)"
 
 
 def _stop(running: dict[str, Running], grace_s: float = 60.0) -> None:
@@ -277,7 +119,8 @@ def workspace(root: Path):
                              "keeps what is done), then run again.") from None
         handle.seek(0)
         handle.truncate()
-        handle.write(json.dumps({"pid": os.getpid(), "command": " ".join(sys.argv) or "python", "started": time.time()}))
+        handle.write(json.dumps({"pid": os.getpid(), "command": " ".join(sys.argv) or "python",
+                                 "started": time.time()}))
         handle.flush()
         yield  # the lock goes with the file's closing, or with the process
 
@@ -310,125 +153,133 @@ def run(root: Path, jobs: int, targets: list[str] | None = None, per_gpu: int = 
     (SIGINT, then SIGTERM after ``stop_grace_s``).
     """
     root = root.resolve()
-    with workspace(root):
-        _run(root, jobs, targets, per_gpu, log, env, stop_grace_s, dvc, slurm_args)
-
-
-def stage_env(root: Path, env: dict[str, str], jobs: int, slurm_args: list[str] | None) -> dict[str, str]:
-    """The stages' environment: with ``--slurm``, the job launcher; here, the allocator and the threads."""
-    if slurm_args is not None:
-        from sdclr.pipeline import slurm
-
-        if not shutil.which("sbatch", path=env.get("PATH")):
-            raise SdclrError("--slurm needs SLURM's `sbatch` on PATH; run on the cluster's submit host, or without "
-                             "--slurm to run the stages here.")
-        return slurm.stage_env(env, root, slurm_args)
-    env = {**env, **allocator_env(env)}
-    if _numerics(root) == "native":
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // jobs))
-    return env
-
-
-def _run(root, jobs, targets, per_gpu, log, env, stop_grace_s, dvc, slurm_args) -> None:
-    the_plan = plan(root, targets)
-    total = len(the_plan.order)
     env = dict(os.environ if env is None else env)
-    final_env = dict(env)
-    gpus = [] if slurm_args is not None else visible_gpus(env)  # on a cluster, SLURM gives each job its GPUs
-    slots = {g: per_gpu for g in gpus}
-    log(f"parallel: {total} stage(s) to run, at most {jobs} at once"
-        + (f", {per_gpu} per GPU on {len(gpus)} GPU(s)" if gpus else "")
-        + (f", each as a SLURM job ({shlex.join(slurm_args) or 'default options'})" if slurm_args is not None else "")
-        + (": nothing to do." if not total else "."))
-    env = stage_env(root, env, jobs, slurm_args)
-    logs = root / LOG_DIR
-    logs.mkdir(parents=True, exist_ok=True)
-    pending, running, done = list(the_plan.order), {}, set()
-    first = priority(the_plan, expected_seconds(root))
-    attempts: dict[str, int] = {}
-    t_start = last_line = time.monotonic()
+    with workspace(root):
+        the_plan = plan(root, targets)
+        gpus = [] if slurm_args is not None else visible_gpus(env)  # on a cluster, SLURM gives each job its GPUs
+        log(f"parallel: {len(the_plan.order)} stage(s) to run, at most {jobs} at once"
+            + (f", {per_gpu} per GPU on {len(gpus)} GPU(s)" if gpus else "")
+            + (f", each as a SLURM job ({shlex.join(slurm_args) or 'default options'})"
+               if slurm_args is not None else "")
+            + (": nothing to do." if not the_plan.order else "."))
+        lanes = Lanes(root, the_plan, jobs, {g: per_gpu for g in gpus}, stage_env(root, env, jobs, slurm_args), dvc,
+                      log)
+        t_start = time.monotonic()
+        with _signals_stop(lanes, stop_grace_s):
+            lanes.run_all(stop_grace_s)
+        if the_plan.order:
+            log(f"parallel: {len(the_plan.order)} stage(s) in {time.monotonic() - t_start:.0f} s with {jobs} at once.")
+        _closing_repro(root, targets, env, dvc, log)
+
+
+@contextlib.contextmanager
+def _signals_stop(lanes: "Lanes", stop_grace_s: float):
+    """While the stages run: Ctrl-C and SIGTERM stop them (and are raised on); the dispositions are
+    restored after."""
     previous_sigint = _interruptible()
     try:
         previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:  # not the main thread: leave SIGTERM as it is
         previous_sigterm = None
-
-    def start(name: str) -> None:
-        gpu = next((g for g, free in slots.items() if free > 0), None)
-        child_env = {**env, "SDCLR_STAGE": name}
-        if gpu is not None:
-            slots[gpu] -= 1
-            child_env["CUDA_VISIBLE_DEVICES"] = gpu
-        attempts[name] = attempts.get(name, 0) + 1
-        path = logs / f"{name}.log"
-        with open(path, "w") as out:
-            proc = subprocess.Popen([*dvc, "--wait-for-lock", "repro", "--single-item", name], cwd=root,
-                                    env=child_env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
-        running[name] = Running(name, proc, path, time.monotonic(), gpu, attempts[name])
-        log(f"start {name}" + (f" on GPU {gpu}" if gpu else "")
-            + (f", attempt {attempts[name]} (it lost a lock race)" if attempts[name] > 1 else "")
-            + f" ({len(running)} running, {total - len(done) - len(running)} waiting)")
-
     try:
-        while pending or running:
-            gpu_free = not gpus or any(free > 0 for free in slots.values())
-            for name in sorted(pending, key=first):
-                if len(running) >= jobs or not gpu_free:
-                    break
-                if the_plan.upstream[name] <= done:
-                    pending.remove(name)
-                    start(name)
-                    gpu_free = not gpus or any(free > 0 for free in slots.values())
-            time.sleep(0.2)
-            if running and time.monotonic() - last_line > HEARTBEAT_S:
-                log("running: " + ", ".join(_progress(r) for r in running.values()))
-                last_line = time.monotonic()
-            for name, r in list(running.items()):
-                rc = r.proc.poll()
-                if rc is None:
-                    continue
-                del running[name]
-                if r.gpu is not None:
-                    slots[r.gpu] += 1
-                seconds = time.monotonic() - r.started
-                last_line = time.monotonic()
-                if rc == 0:
-                    done.add(name)
-                    log(f"done  {name} in {seconds:.0f} s ({len(done)}/{total} done, {len(running)} running)")
-                    continue
-                text = r.log.read_text(errors="replace")
-                if LOCK_RACE.search(text) and r.attempt <= LOCK_RETRIES:
-                    time.sleep(0.5 * r.attempt)
-                    pending.insert(0, name)
-                    continue
-                _stop(running, stop_grace_s)
-                raise SdclrError(f"stage {name} failed after {seconds:.0f} s ({_error_line(text)}); the stages "
-                                 f"running beside it were stopped and every finished stage is kept: fix the cause "
-                                 f"and run the same command again (its log: {r.log.relative_to(root)}).")
+        yield
     except (KeyboardInterrupt, Terminated):
-        _stop(running, stop_grace_s)
+        _stop(lanes.running, stop_grace_s)
         raise
     finally:
         if previous_sigint is signal.SIG_IGN and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
-    if total:
-        log(f"parallel: {total} stage(s) in {time.monotonic() - t_start:.0f} s with {jobs} at once.")
-    final = subprocess.run([*dvc, "--wait-for-lock", "repro", *(targets or [])], cwd=root, env=final_env,
+
+
+class Lanes:
+    """The stages of a plan run ``dvc repro --single-item`` by ``dvc repro --single-item``, at most
+    ``jobs`` at once, each in its GPU slot, the ready ones in :func:`~sdclr.pipeline.plan.priority`'s order."""
+
+    def __init__(self, root: Path, the_plan: Plan, jobs: int, slots: dict[str, int], env: dict[str, str],
+                 dvc: tuple[str, ...], log):
+        self.root, self.plan, self.jobs, self.slots = root, the_plan, jobs, slots
+        self.env, self.dvc, self.log = env, dvc, log
+        self.pending, self.running, self.done = list(the_plan.order), {}, set()
+        self.attempts: dict[str, int] = {}
+        self.first = priority(the_plan, expected_seconds(root))
+        self.logs = root / LOG_DIR
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.last_line = time.monotonic()
+
+    def run_all(self, stop_grace_s: float) -> None:
+        while self.pending or self.running:
+            self.start_ready()
+            time.sleep(0.2)
+            if self.running and time.monotonic() - self.last_line > HEARTBEAT_S:
+                self.log("running: " + ", ".join(describe(r.name, r.log, r.started) for r in self.running.values()))
+                self.last_line = time.monotonic()
+            for r in list(self.running.values()):
+                if r.proc.poll() is not None:
+                    self.finished(r, stop_grace_s)
+
+    def gpu_free(self) -> bool:
+        return not self.slots or any(free > 0 for free in self.slots.values())
+
+    def start_ready(self) -> None:
+        for name in sorted(self.pending, key=self.first):
+            if len(self.running) >= self.jobs or not self.gpu_free():
+                return
+            if self.plan.upstream[name] <= self.done:
+                self.pending.remove(name)
+                self.start(name)
+
+    def start(self, name: str) -> None:
+        gpu = next((g for g, free in self.slots.items() if free > 0), None)
+        child_env = {**self.env, "SDCLR_STAGE": name}
+        if gpu is not None:
+            self.slots[gpu] -= 1
+            child_env["CUDA_VISIBLE_DEVICES"] = gpu
+        attempt = self.attempts[name] = self.attempts.get(name, 0) + 1
+        path = self.logs / f"{name}.log"
+        with open(path, "w") as out:
+            proc = subprocess.Popen([*self.dvc, "--wait-for-lock", "repro", "--single-item", name], cwd=self.root,
+                                    env=child_env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        self.running[name] = Running(name, proc, path, time.monotonic(), gpu, attempt)
+        waiting = len(self.plan.order) - len(self.done) - len(self.running)
+        self.log(f"start {name}" + (f" on GPU {gpu}" if gpu else "")
+                 + (f", attempt {attempt} (it lost a lock race)" if attempt > 1 else "")
+                 + f" ({len(self.running)} running, {waiting} waiting)")
+
+    def finished(self, r: Running, stop_grace_s: float) -> None:
+        """A stage's process ended: done, started again after a lost lock race, or the run stops."""
+        del self.running[r.name]
+        if r.gpu is not None:
+            self.slots[r.gpu] += 1
+        seconds = time.monotonic() - r.started
+        self.last_line = time.monotonic()
+        if r.proc.returncode == 0:
+            self.done.add(r.name)
+            self.log(f"done  {r.name} in {seconds:.0f} s ({len(self.done)}/{len(self.plan.order)} done, "
+                     f"{len(self.running)} running)")
+            return
+        text = r.log.read_text(errors="replace")
+        if LOCK_RACE.search(text) and r.attempt <= LOCK_RETRIES:
+            time.sleep(0.5 * r.attempt)
+            self.pending.insert(0, r.name)
+            return
+        _stop(self.running, stop_grace_s)
+        raise SdclrError(f"stage {r.name} failed after {seconds:.0f} s ({error_line(text)}); the stages "
+                         f"running beside it were stopped and every finished stage is kept: fix the cause "
+                         f"and run the same command again (its log: {r.log.relative_to(self.root)}).")
+
+
+def _closing_repro(root: Path, targets: list[str] | None, env: dict[str, str], dvc: tuple[str, ...], log) -> None:
+    """A plain ``dvc repro``, which must find nothing left to do (or says what it ran)."""
+    final = subprocess.run([*dvc, "--wait-for-lock", "repro", *(targets or [])], cwd=root, env=env,
                            capture_output=True, text=True, stdin=subprocess.DEVNULL)
     ran = re.findall(r"Running stage '([^']+)'", final.stdout)
     if final.returncode != 0:
-        raise SdclrError(f"the closing `dvc repro` failed ({_error_line(final.stdout + final.stderr)}).")
+        raise SdclrError(f"the closing `dvc repro` failed ({error_line(final.stdout + final.stderr)}).")
     log("dvc repro: nothing left to do, every stage is up to date." if not ran else
         f"dvc repro: also ran {', '.join(ran)}, which the parallel pass had left out.")
-
-
-def _numerics(root: Path) -> str:
-    from sdclr.pipeline.numerics import mode_in_params
-
-    return mode_in_params(root / "params.yaml")
 
 
 def _options_as_one_value(argv: list[str], flag: str) -> list[str]:
@@ -450,7 +301,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("targets", nargs="*", help="stages to bring up to date (default: all)")
     p.add_argument("--jobs", "-j", type=int, default=0, help="stages at once (default: the cores, or the GPU slots)")
     p.add_argument("--per-gpu", type=int, default=1, help="stages sharing one GPU (default 1)")
-    p.add_argument("--slurm", action="store_true", help="run each stage's work as a SLURM job (sdclr/pipeline/slurm.py)")
+    p.add_argument("--slurm", action="store_true",
+                   help="run each stage's work as a SLURM job (sdclr/pipeline/slurm.py)")
     p.add_argument("--slurm-args", default=None,
                    help="sbatch options for every job, e.g. \"--partition=gpu --time=04:00:00 --gres=gpu:1\" "
                         "(default: $SDCLR_SLURM_ARGS)")
@@ -469,6 +321,8 @@ def main(argv: list[str] | None = None) -> None:
     jobs = args.jobs or (SLURM_JOBS if args.slurm else default_jobs(visible_gpus(), args.per_gpu))
     env = dict(os.environ)
     try:
+        if (Path.cwd() / "params.yaml").is_file():  # the whole file, every method's block: before any work
+            load_params(Path.cwd() / "params.yaml")
         if args.set_param:
             name = args.name or experiment.new_name()
             experiment.set_params(Path.cwd(), args.set_param)

@@ -21,8 +21,10 @@ from pathlib import Path
 
 import yaml
 
-from sdclr.config import PRESET_DIR, parse_params
+from sdclr.config import PRESET_DIR
 from sdclr.errors import ConfigError, SdclrError
+from sdclr.pipeline.dvc_stages import render
+from sdclr.registry import parse_params
 from sdclr.storage.io import write_bytes
 
 
@@ -36,8 +38,9 @@ def _preset_path(name: str, preset_dir: Path) -> Path:
         return as_path
     path = preset_dir / f"{name}.yaml"
     if not path.is_file():
-        raise ConfigError(f"preset {name!r} not found in {preset_dir}; available: {', '.join(available(preset_dir)) or 'none'} "
-                          f"(or pass the path of a .yaml file).")
+        names = ", ".join(available(preset_dir)) or "none"
+        raise ConfigError(f"preset {name!r} not found in {preset_dir}; available: {names} "
+                          "(or pass the path of a .yaml file).")
     return path
 
 
@@ -78,8 +81,6 @@ def apply_preset(name: str, params_path: Path = Path("params.yaml"), preset_dir:
     parse_params(yaml.safe_load(text), f"{params_path} with preset {name}")  # the merged file must be valid
     write_bytes(params_path, text.encode())
     if "methods" in changed:
-        from sdclr.pipeline.dvc_stages import render
-
         write_bytes(Path(params_path).parent / "dvc.yaml", render(Path(params_path)).encode())
     return changed
 
@@ -94,7 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     except SdclrError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    print(f"preset {args.name}: {len(changed)} key(s) changed in {args.params}" + (": " + ", ".join(changed) if changed else "")
+    print(f"preset {args.name}: {len(changed)} key(s) changed in {args.params}"
+          + (": " + ", ".join(changed) if changed else "")
           + ("; dvc.yaml rewritten for its methods" if "methods" in changed else ""))
 
 

@@ -15,7 +15,7 @@ file system the nodes share.
 - **Time limits.** The job asks SLURM to warn it :data:`WARN_S` seconds before its limit
   (``--signal=B:USR1@...``, unless the options name a ``--signal`` already); the batch script
   forwards the warning to the stage, a pretraining stops after its current epoch with a
-  checkpoint (:mod:`sdclr.pipeline.time_limit`), and the launcher submits the next job, which
+  checkpoint (:mod:`sdclr.runtime.time_limit`), and the launcher submits the next job, which
   resumes it; other stages ignore the warning. A job killed at its limit without the warning
   resumes from the last periodic checkpoint. A job that ends at its limit without finishing a
   new epoch stops the stage in one sentence: the limit is too short.
@@ -44,8 +44,8 @@ from pathlib import Path
 import yaml
 
 from sdclr.errors import SdclrError
-from sdclr.pipeline import time_limit
-from sdclr.pipeline.parallel import EPOCH, LOG_DIR
+from sdclr.pipeline.progress import EPOCH, LOG_DIR
+from sdclr.runtime import time_limit
 
 #: where the launcher is written, inside DVC's ignored tmp folder
 BIN_DIR = LOG_DIR / "slurm-bin"
@@ -64,7 +64,8 @@ UNREACHABLE_SIGNS = ("unable to contact slurm controller", "connection refused",
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY", "BOOT_FAIL",
          "DEADLINE"}
 #: the options that ask for GPUs per job, and their count
-GPU_REQUEST = re.compile(r"^(--gres=(?:.*,)?gpu(?::[\w.-]+)?:|--gpus=(?:[\w.-]+:)?|--gpus-per-node=(?:[\w.-]+:)?)(\d+)(.*)$")
+GPU_REQUEST = re.compile(r"^(--gres=(?:.*,)?gpu(?::[\w.-]+)?:|--gpus=(?:[\w.-]+:)?|--gpus-per-node=(?:[\w.-]+:)?)"
+                         r"(\d+)(.*)$")
 
 
 class Interrupted(Exception):
@@ -234,7 +235,8 @@ class Stage:
         why = {"CANCELLED": "was cancelled (scancel, or an administrator)",
                "NODE_FAIL": "was lost with its node", "BOOT_FAIL": "was lost: its node did not boot",
                "OUT_OF_MEMORY": "ran out of memory (ask for more with --slurm-args \"--mem=...\")",
-               "DEADLINE": "reached its deadline", "LOST": "is no longer known to SLURM (lost)"}.get(state, f"ended {state}")
+               "DEADLINE": "reached its deadline",
+               "LOST": "is no longer known to SLURM (lost)"}.get(state, f"ended {state}")
         return (f"stage {self.name}: SLURM job {job} {why}{f' ({reason})' if reason not in ('', 'None') else ''}; "
                 f"what it saved is kept, so run the same command again to resume (its log: {self.log(job)}).")
 
@@ -261,7 +263,7 @@ def batch_script(argv: list[str]) -> str:
     """The job: the stage's command under this Python, with SLURM's warning passed on to it.
 
     The stage starts with the warning ignored, so a warning that comes before it listens
-    (:func:`sdclr.pipeline.time_limit.listen`, once a pretraining has started) cannot kill it,
+    (:func:`sdclr.runtime.time_limit.listen`, once a pretraining has started) cannot kill it,
     and a stage that never listens (an evaluation) runs on to its end or its limit. The script
     passes the warning on once the stage catches it (``SigCgt`` in ``/proc/<pid>/status``), and
     only once: Python restores the default action while it exits, and a second warning then

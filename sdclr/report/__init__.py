@@ -3,7 +3,8 @@
 Split by job: :mod:`~sdclr.report.aggregate` (metrics files → numbers),
 :mod:`~sdclr.report.claims` (the methods' published claims → verdicts), :mod:`~sdclr.report.markdown`
 (tables and notes), :mod:`~sdclr.report.figures`, :mod:`~sdclr.report.deviations` (the run against
-its paper's recipe); a method's own section lives beside the method (its ``report_section``).
+its paper's recipe), and a method family's own section (:mod:`~sdclr.report.bcl`, :mod:`~sdclr.report.gh`),
+which its classes name (``report_section``).
 
 Every number is mean ± sample std (n − 1) over splits; with one split the std is ``—``,
 never 0. Balancedness is reported both ways docs/recipes.md describes: the authors' mean over
@@ -31,29 +32,46 @@ What the report stage writes under its ``--out`` folder (dvc.yaml declares each)
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
 import pandas as pd
 
 from sdclr.config import as_flat_dict
-from sdclr.methods import METHODS, method_class
 from sdclr.metrics import few_shot_label
-from sdclr.report.aggregate import (aggregate, load_metrics, load_per_image, loss_table, probe_titles, scores,
-                                    write_scores)
+from sdclr.registry import METHODS, method_class
+from sdclr.report import bcl, gh
+from sdclr.report.aggregate import (
+    aggregate,
+    load_metrics,
+    load_per_image,
+    loss_table,
+    probe_titles,
+    scores,
+    write_scores,
+)
 from sdclr.report.claims import compare, undecided_section, verdict_sections
 from sdclr.report.figures import plot_class_counts, plot_group_bars, plot_loss_curves, plot_paired_differences
 from sdclr.report.markdown import markdown_table, numerics_note, reference_section, uncertainty_note
 from sdclr.storage.io import write_bytes, write_json
 
+#: a method family's own report section, by the key its classes name (``Method.report_section``):
+#: ``f(per_image, params, figures_dir) -> markdown lines``, and the figures it draws
+#: (``reports/figures/<name>.png``, declared in dvc.yaml)
+SECTIONS = {"bcl": (bcl.weight_section, ("bcl_w_by_group",)), "gh": (gh.prior_section, ("gh_prior",))}
+
+
+def section_figures(methods) -> tuple[str, ...]:
+    """The figures the own sections of ``methods`` draw, each once."""
+    keys = dict.fromkeys(method_class(m).report_section for m in methods if method_class(m).report_section)
+    return tuple(name for key in keys for name in SECTIONS[key][1])
+
 
 def method_sections(methods: list[str], per_image: pd.DataFrame, params, figures: Path) -> list[str]:
     """The own report sections of the methods that ran, each once (BCL-I and BCL-D share BCL's)."""
     md = []
-    for ref in dict.fromkeys(method_class(m).report_section for m in methods if method_class(m).report_section):
-        module, function = ref.split(":")
-        md += getattr(importlib.import_module(module), function)(per_image, params, figures)
+    for key in dict.fromkeys(method_class(m).report_section for m in methods if method_class(m).report_section):
+        md += SECTIONS[key][0](per_image, params, figures)
     return md
 
 
@@ -118,7 +136,7 @@ def write_report(metrics_root: Path, history_root: Path, splits_summary: Path, p
     md += ["![class counts](figures/class_counts.png)", "",
            "## Cost", "", "Pretraining and evaluation times depend on the machine, so they are kept out of this "
            "file (which must not change when nothing it depends on did): see `reports/cost.json` "
-           "(`python -m sdclr.pipeline.cost` prints it as a table) and the MLflow runs.", "",
+           "(`python -m sdclr.runtime.cost` prints it as a table) and the MLflow runs.", "",
            "## Deviations from the paper's recipe", "", *[f"- {d}" for d in deviations], "",
            "## Settings", "", "| param | value |", "|---|---|",
            *[f"| `{k}` | `{v}` |" for k, v in as_flat_dict(params).items()], ""]

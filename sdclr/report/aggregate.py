@@ -16,7 +16,7 @@ import pandas as pd
 
 from sdclr.errors import DataError
 from sdclr.metrics import probe_kinds
-from sdclr.methods import METHODS
+from sdclr.registry import METHODS
 from sdclr.storage.io import write_bytes
 
 #: the probes every run has, one panel each in the group-accuracy figure; ``few_shot`` is the

@@ -14,8 +14,8 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from sdclr.methods import METHODS, method_class
 from sdclr.methods.base import Claim, claims_against
+from sdclr.registry import METHODS, method_class
 from sdclr.report.aggregate import pct, round_fraction, round_p
 from sdclr.stats import ALPHA, CONFIDENCE, holm, paired_difference, splits_to_decide, verdict_from_p
 
@@ -64,7 +64,8 @@ def compare(df: pd.DataFrame) -> list[dict]:
         tests.append(d)
         out.append({"a": a, "b": c.b, "kind": c.kind, "metric": c.metric, "direction": c.direction,
                     "source": source, "splits": d.n, "mean": round_fraction(d.mean),
-                    "sd": None if d.sd is None else round_fraction(d.sd), "low": None if d.low is None else round_fraction(d.low),
+                    "sd": None if d.sd is None else round_fraction(d.sd),
+                    "low": None if d.low is None else round_fraction(d.low),
                     "high": None if d.high is None else round_fraction(d.high), "verdict": d.verdict(c.direction),
                     "p": round_p(d.p)})
     for source in dict.fromkeys(r["source"] for r in out):

@@ -14,7 +14,7 @@ import yaml
 
 from sdclr.config import PRESET_DIR, fields_flat
 from sdclr.data.datasets import DATASETS
-from sdclr.methods import METHODS, method_class
+from sdclr.registry import METHODS, method_class
 
 #: the probe's own settings, compared only when ours is the paper's protocol too
 PROBE_SETTINGS = {"evaluate.probe.lr", "evaluate.probe.final_lr", "evaluate.probe.weight_decay",

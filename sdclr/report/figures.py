@@ -40,13 +40,15 @@ def plot_class_counts(summary: dict, path: Path) -> None:
         counts = s["longtail_counts_by_rank"]
         bar_colors = [colors[group_of[c]] for c in s["class_order"]]
         ax.bar(range(len(counts)), counts, color=bar_colors)
-        ax.axhline(s["balanced_total"] / summary["num_classes"], color="k", ls="--", lw=1, label="balanced D_b per class")
+        ax.axhline(s["balanced_total"] / summary["num_classes"], color="k", ls="--", lw=1,
+                   label="balanced D_b per class")
         ax.set_yscale("log")
         ax.set_title(f"split {s['split_id']}: {s['longtail_total']} images")
         ax.set_xlabel("class rank")
         if len(counts) <= 20:
             ax.set_xticks(range(len(counts)))
-            ax.set_xticklabels([summary["class_names"][c] for c in sorted(rank_of, key=rank_of.get)], rotation=60, ha="right", fontsize=7)
+            ax.set_xticklabels([summary["class_names"][c] for c in sorted(rank_of, key=rank_of.get)], rotation=60,
+                               ha="right", fontsize=7)
     from matplotlib.patches import Patch
 
     handles = [Patch(color=col, label=g) for g, col in colors.items()]  # the bars' own colours

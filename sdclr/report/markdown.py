@@ -8,11 +8,13 @@ import pandas as pd
 from sdclr.config import param
 from sdclr.data.datasets import DATASETS
 from sdclr.report.aggregate import GROUPS, pct, pm, reported_methods
+from sdclr.report.published import PUBLISHED
 from sdclr.stats import CONFIDENCE
 
 
 def markdown_table(agg: dict, kind: str) -> str:
-    head = "| method | accuracy | major | moderate | minor | balancedness ↓ (mean of per-split std) | std of mean groups ↓ | splits |"
+    head = ("| method | accuracy | major | moderate | minor | balancedness ↓ (mean of per-split std) "
+            "| std of mean groups ↓ | splits |")
     lines = [head, "|" + "---|" * 8]
     for method in reported_methods(agg):
         e = agg[method].get(kind)
@@ -51,7 +53,7 @@ def reference_section(params, agg: dict) -> list[str]:
     when this run shares the paper's protocol and settings (the row's ``protocol``); when it
     does not, the paper's table alone and the keys that differ: no subtraction across protocols."""
     dataset = params.data.dataset
-    ref = DATASETS[dataset].paper_reference if dataset in DATASETS else None
+    ref = PUBLISHED.get(dataset)
     if ref is None:
         return []
     md = [f"## Reference: {ref.title}", ""]

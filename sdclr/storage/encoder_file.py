@@ -26,10 +26,11 @@ class ModelSpec:
     std: list[float]
 
 
-def save_encoder(path: Path, method: Method, spec: ModelSpec, params: Params, fingerprint: str,
+def save_encoder(path: Path, method: torch.nn.Module, spec: ModelSpec, params, fingerprint: str,
                  made_by: str) -> None:
-    """The trained network (masks included), what is needed to rebuild it, and the numerics
-    that made it (``made_by``, :func:`sdclr.pipeline.numerics.describe`).
+    """The trained network of ``method`` (a :class:`sdclr.methods.base.Method`; masks included), what
+    is needed to rebuild it (from ``params``), and the numerics
+    that made it (``made_by``, :func:`sdclr.runtime.numerics.describe`).
 
     No run id or time: the file is a DVC output whose hash must only change with the weights
     (MLflow finds the pretraining run from this file's md5, the run's ``model_md5`` tag); in

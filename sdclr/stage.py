@@ -1,7 +1,8 @@
 """What every ``stages/*.py`` script shares: argument parsing and the error contract.
 
 A stage script is a thin ``main(params, args)``; :func:`run_stage` parses ``--params``,
-loads and validates the params file, checks that every output location can be written
+loads and validates the params file (with what the stage knows of the methods: see
+:class:`sdclr.config.Declared`), checks that every output location can be written
 (before hours of training, not after), and turns any :class:`SdclrError` into one line on
 stderr and exit status 2 (no traceback), so a user sees what to fix.
 """
@@ -15,9 +16,9 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from sdclr.config import Params, load_params
+from sdclr.config import Declared, Params, load_params
 from sdclr.errors import ParamError, SdclrError, TimeLimitStop
-from sdclr.pipeline import numerics, time_limit
+from sdclr.runtime import numerics, time_limit
 from sdclr.storage.io import NO_ROOM, no_room, remove_stale_temps
 
 
@@ -28,6 +29,7 @@ def run_stage(
     argv: list[str] | None = None,
     outputs: tuple[str, ...] = (),
     shared_outputs: tuple[str, ...] = (),
+    declared: Callable[[argparse.Namespace], Declared] = lambda args: Declared(),
 ) -> None:
     """Parse, load params, apply their numerics, prepare the outputs, run ``main``; errors become
     one line and exit 2.
@@ -35,6 +37,8 @@ def run_stage(
     ``outputs`` name the path arguments this stage alone writes (checked writable, and the
     temporaries a killed earlier run left beside them removed); ``shared_outputs`` those
     other stages write too (only checked: another process may be writing them now).
+    ``declared``: what the stage knows of the methods' params blocks, from its arguments
+    (default: nothing, for a stage that trains no method).
     """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="path to params.yaml (default: ./params.yaml)")
@@ -42,7 +46,7 @@ def run_stage(
         add_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        params = load_params(args.params)
+        params = load_params(args.params, declared(args))
         if "torch" in sys.modules:  # a stage that computes: its thread count, and a check that the pin took
             numerics.apply(params.numerics)
         paths = {name: getattr(args, name) for name in (*outputs, *shared_outputs)}

@@ -1,7 +1,7 @@
 """BCL's own report section: does its premise hold on this data (Minor images get a higher w)?
 
-Declared by :class:`sdclr.methods.bcl.Boosted` (``report_section``) and kept in this file of its
-own, so that editing the section or its figure re-runs the report stage only, never a pretraining.
+Named by :class:`sdclr.methods.bcl.Boosted` (``report_section = "bcl"``) and kept with the report,
+so that editing the section or its figure re-runs the report stage only, never a pretraining.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ def weight_section(weights: pd.DataFrame, params, figures: Path) -> list[str]:
     fig.tight_layout()
     save_figure(fig, figure)
 
-    lines = ["| method | Major | Moderate | Minor | Minor − Major | 95 % interval | splits | premise |", "|" + "---|" * 8]
+    lines = ["| method | Major | Moderate | Minor | Minor − Major | 95 % interval | splits | premise |",
+             "|" + "---|" * 8]
     for m in methods:
         sub = weights[weights["method"] == m]
         by_split = sub.groupby(["split", "group"])["w"].mean().unstack()

@@ -13,7 +13,8 @@ Floating-point results on a CPU depend on three things besides the code and the 
   (:mod:`sdclr.pipeline.fingerprint` keeps that comparison for every new machine; docs/measurements.md).
 
 ``numerics: portable`` (the default) pins ATen and oneDNN to AVX2 and MKL to its
-vendor-independent branch, and runs each stage process on one intra-op thread; the parallel runner (:mod:`sdclr.pipeline.parallel`) gets the
+vendor-independent branch, and runs each stage process on one intra-op thread; the parallel runner
+(:mod:`sdclr.pipeline.parallel`) gets the
 throughput back by running independent stages side by side. ``numerics: native`` lets
 each library use the machine's best kernels and all its cores: faster, but the numbers
 then belong to that CPU, and the report says so.
@@ -29,6 +30,8 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+
+from sdclr.errors import SdclrError
 
 MODES = ("portable", "native")
 #: environment that pins each library's kernel level: ATen and oneDNN to AVX2; MKL (the matrix
@@ -84,7 +87,7 @@ def pin(mode: str) -> None:
 
 def mode_in_params(params_path: str | os.PathLike) -> str:
     """The ``numerics`` of a params file, read without the full validation (that comes later,
-    in :func:`sdclr.pipeline.stage.run_stage`, which names any error); "portable" when it cannot be read."""
+    in :func:`sdclr.stage.run_stage`, which names any error); "portable" when it cannot be read."""
     import yaml
 
     try:
@@ -114,16 +117,14 @@ def apply(mode: str) -> None:
     """
     import torch
 
-    from sdclr.errors import SdclrError
-
     if effective_mode(mode) != "portable":
         return
     torch.set_num_threads(PORTABLE_THREADS)
     level = torch.backends.cpu.get_cpu_capability()
     if level != "AVX2" or any(os.environ.get(name) != value for name, value in PORTABLE_ENV.items()):
         raise SdclrError(f"numerics: portable needs the AVX2 kernels, but torch already runs {level} kernels here "
-                         f"(it was imported before the pin); call sdclr.pipeline.numerics.pin_before_torch() before importing "
-                         f"torch, or set numerics: native in params.yaml.")
+                         "(it was imported before the pin); call sdclr.runtime.numerics.pin_before_torch() before "
+                         "importing torch, or set numerics: native in params.yaml.")
 
 
 def describe(mode: str, device=None) -> str:

@@ -1,7 +1,7 @@
 """What one pretraining run holds and how it takes one optimisation step.
 
 :class:`Training` (the method, optimizer, device data, generator, schedule, resume and
-compile state) and its :meth:`Training.step`, apart from :mod:`sdclr.train`, which builds
+compile state) and its :meth:`Training.step`, apart from :mod:`sdclr.pretrain_loop`, which builds
 it, resumes it and drives it epoch by epoch. The benchmark times the same ``Training.step``
 (``benchmarks/pretrain_throughput.py``), and the compile fallback of the first step lives
 here with the step it guards.
@@ -27,7 +27,8 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
     return 0.5 * peak * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def train_step(step_fn, optimizer, images, indices, generator, use_bf16: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def train_step(step_fn, optimizer, images, indices, generator,
+               use_bf16: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimisation step of any method → (detached float loss, detached extras); no host sync."""
     with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=use_bf16):
         loss, extras = step_fn(images, indices, generator)
@@ -61,7 +62,7 @@ class Schedule:
 class ResumeState:
     """What ties a run to its checkpoints: what one must match, and what it carries back."""
 
-    fingerprint: str  # of everything that shapes the training (:func:`sdclr.train.training_fingerprint`)
+    fingerprint: str  # of everything that shapes the training (:func:`sdclr.pretrain_loop.training_fingerprint`)
     history: list[dict] = field(default_factory=list)  # per-epoch metrics, carried through checkpoints
     start_epoch: int = 0  # the first epoch this launch trains (after a resume: the checkpoint's)
 
@@ -77,8 +78,8 @@ class CompileState:
 
 @dataclass
 class Training:
-    """Everything one pretraining run holds: made by :func:`sdclr.train.build`, advanced by
-    :func:`sdclr.train.run_epoch`.
+    """Everything one pretraining run holds: made by :func:`sdclr.pretrain_loop.build`, advanced by
+    :func:`sdclr.pretrain_loop.run_epoch`.
 
     The generator every rank shares under DDP (sbid's negative columns) is not held here: it
     is the method's ``shared_generator``, where it is drawn from.
@@ -114,7 +115,7 @@ class Training:
     def _first_compiled_step(self, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The first step compiles; if compiling fails, say so in one line and go on eagerly.
 
-        Compiling here, not in :func:`sdclr.train.build`, keeps everything before the first
+        Compiling here, not in :func:`sdclr.pretrain_loop.build`, keeps everything before the first
         step eager (sbid's bank fill pass), so no compile can happen outside this fallback.
 
         A failed attempt may have run part of the step (augmentation draws, BatchNorm

@@ -1,7 +1,7 @@
 """GH's own report section: does the estimated prior π recover the long tail?
 
-Declared by :class:`sdclr.methods.gh.Harmonized` (``report_section``) and kept in this file of
-its own, so that editing the section or its figure re-runs the report stage only, never a pretraining.
+Named by :class:`sdclr.methods.gh.Harmonized` (``report_section = "gh"``) and kept with the report,
+so that editing the section or its figure re-runs the report stage only, never a pretraining.
 """
 
 from __future__ import annotations

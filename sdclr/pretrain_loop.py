@@ -8,7 +8,7 @@ device and augmented there. A NaN/inf
 loss stops the run with :class:`TrainingError` and leaves the last good checkpoint in
 place; checkpoints are written atomically every ``checkpoint_every`` epochs and resumed
 from only when their fingerprint matches. What a run holds and its one step are
-:mod:`sdclr.training`'s.
+:mod:`sdclr.pretrain_step`'s.
 
 What the run writes is a function of the params and the data only (on a given machine):
 the encoder file and the per-epoch history hold no run id, time or speed, so a re-run of
@@ -38,13 +38,13 @@ from sdclr.data.device_data import epoch_batches, to_device_uint8
 from sdclr.device import resolve_device
 from sdclr.errors import ParamError, TimeLimitStop, TrainingError
 from sdclr.losses import cosine_temperature
-from sdclr.methods import method_class
+from sdclr.methods.base import Method
 from sdclr.models import build_model
-from sdclr.pipeline import numerics, time_limit
+from sdclr.pretrain_step import CompileState, ResumeState, Schedule, Training
+from sdclr.runtime import numerics, time_limit
 from sdclr.storage import checkpoint
 from sdclr.storage.encoder_file import ModelSpec, save_encoder
 from sdclr.storage.io import write_bytes
-from sdclr.training import CompileState, ResumeState, Schedule, Training
 
 
 @dataclass
@@ -67,7 +67,7 @@ class PretrainResult:
 class Job:
     """What one pretraining run trains: a method on one split's long-tail subset."""
 
-    method_name: str
+    method: type[Method]  # the method's class (the stage loads it from its ``module:Class``)
     split_id: int
     images: np.ndarray  # the whole train set, uint8 N×H×W×C
     indices: np.ndarray  # the split's long-tail subset: rows of ``images``
@@ -76,7 +76,7 @@ class Job:
     @property
     def label(self) -> str:
         """"<method> split <k>", for progress bars and messages."""
-        return f"{self.method_name} split {self.split_id}"
+        return f"{self.method.name} split {self.split_id}"
 
 
 @dataclass
@@ -98,7 +98,7 @@ def _silent(message: str) -> None:
 
 def training_fingerprint(params: Params, job: Job, world_size: int = 1) -> str:
     """What a resume checkpoint must match: every param and datum that shapes the training."""
-    p, method_cls, indices = params.pretrain, method_class(job.method_name), job.indices
+    p, method_cls, indices = params.pretrain, job.method, job.indices
     shaping = {
         "method": method_cls.name, "split": job.split_id, "seed": params.seed, "numerics": params.numerics,
         "width": params.model.width, "head": asdict(method_cls.head_spec(params)), "augment": asdict(params.augment),
@@ -115,7 +115,7 @@ def training_fingerprint(params: Params, job: Job, world_size: int = 1) -> str:
 
 def build(params: Params, job: Job) -> Training:
     """Device, precision, this rank's shard on the device, the seeded network, method and optimizer."""
-    p, cls, split_id, indices, spec = params.pretrain, method_class(job.method_name), job.split_id, job.indices, job.spec
+    p, cls, split_id, indices, spec = params.pretrain, job.method, job.split_id, job.indices, job.spec
     ctx, device = distributed.init_from_env(resolve_device(params.device))
     on_cuda = device.type == "cuda"
     channels_last = p.channels_last == "on" or (p.channels_last == "auto" and on_cuda)
@@ -149,7 +149,8 @@ def build(params: Params, job: Job) -> Training:
     trained = distributed.wrap(method, ctx, device, p.sync_bn)
     # One fused update kernel where it was measured to pay (compiled, on CUDA: sbid +27 % on an H100)
     optimizer = torch.optim.SGD(method.parameters(), lr=peak_lr, momentum=p.momentum,
-                                weight_decay=cls.setting(params, "weight_decay"), fused=True if compiled and on_cuda else None)
+                                weight_decay=cls.setting(params, "weight_decay"),
+                                fused=True if compiled and on_cuda else None)
     schedule = Schedule(
         epochs=epochs, steps_per_epoch=steps_per_epoch, warmup_steps=min(p.warmup_epochs, epochs) * steps_per_epoch,
         peak_lr=peak_lr, lr_key=cls.setting_key(params, "lr"),
@@ -168,7 +169,8 @@ def restore(training: Training, ckpt_path: Path, log: Callable[[str], None]) -> 
     resume = training.resume
     state = checkpoint.try_resume(ckpt_path, resume.fingerprint, map_location=training.data.device, log=log)
     if state is None:
-        training.method.initialise(training.data, training.gen, training.local_batch, training.positions if training.ctx.active else None)
+        training.method.initialise(training.data, training.gen, training.local_batch,
+                                   training.positions if training.ctx.active else None)
         return
     training.method.load_state_dict(state["method"])
     training.optimizer.load_state_dict(state["optimizer"])
@@ -207,7 +209,8 @@ def save_checkpoint(training: Training, path: Path, epoch_done: int, run_id: str
     history = training.resume.history
     checkpoint.save(path, {
         "fingerprint": training.resume.fingerprint, "epoch": epoch_done, "method": training.method.state_dict(),
-        "optimizer": training.optimizer.state_dict(), "generator": training.gen.get_state(), "torch_rng": torch.get_rng_state(),
+        "optimizer": training.optimizer.state_dict(), "generator": training.gen.get_state(),
+        "torch_rng": torch.get_rng_state(),
         "history_keys": list(history[0]) if history else [],
         "history": torch.tensor([list(h.values()) for h in history], dtype=torch.float64),
         "mlflow_run_id": run_id,
@@ -246,7 +249,8 @@ def run_epoch(training: Training, epoch: int, ckpt_path: Path) -> tuple[dict[str
             if not math.isfinite(running):
                 bar.close()
                 raise _diverged(training, running, epoch, i, ckpt_path)
-            bar.set_postfix(loss=f"{running:.4f}", img_s=f"{(i + 1) * training.global_batch / (time.perf_counter() - t0):.0f}")
+            bar.set_postfix(loss=f"{running:.4f}",
+                            img_s=f"{(i + 1) * training.global_batch / (time.perf_counter() - t0):.0f}")
             bar.update(i + 1 - bar.n)
     bar.close()
     if training.data.device.type == "cuda":
@@ -271,7 +275,7 @@ def pretrain(params: Params, job: Job, outputs: Outputs, run=None, log: Callable
              stop_after_epoch: int | None = None) -> PretrainResult:
     """Pretrain ``job``'s method on its subset and write ``outputs``.
 
-    ``run`` is an optional :class:`sdclr.pipeline.tracking.Run` receiving per-epoch metrics;
+    ``run`` is an optional :class:`sdclr.runtime.tracking.Run` receiving per-epoch metrics;
     ``stop_after_epoch`` ends the loop early (after checkpointing) — used to test resume.
     """
     time_limit.listen()  # a cluster job's warning before its time limit: stop after this epoch

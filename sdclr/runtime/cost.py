@@ -6,7 +6,7 @@ they depend on changed. They go to MLflow and to ``reports/cost.json``: tracked 
 written by the pretrain and evaluate stages, read by no stage (not a DVC dependency), so
 a re-run changes this file and nothing else.
 
-    python -m sdclr.pipeline.cost            # the table, as markdown
+    python -m sdclr.runtime.cost            # the table, as markdown
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from sdclr.pipeline import numerics
+from sdclr.runtime import numerics
 from sdclr.storage.io import write_json
 
 COST_PATH = Path("reports/cost.json")

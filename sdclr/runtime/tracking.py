@@ -170,7 +170,7 @@ def init_store(uri: str | None = None) -> None:
     ``dvc queue start -j N`` starts N workers at once; their first connections would all
     run MLflow's schema migration on a new SQLite file and race ("table already exists").
     The lock serialises that first connection: one process creates the schema, the others
-    wait for it and then find it done. ``python -m sdclr.pipeline.tracking`` does it ahead of time.
+    wait for it and then find it done. ``python -m sdclr.runtime.tracking`` does it ahead of time.
     """
     import mlflow
 
@@ -203,7 +203,8 @@ def experiment_id(name: str) -> str:
 
 def runs_link(experiment_id: str, server: str = "http://127.0.0.1:5000") -> str:
     """The UI page of :data:`RUNS_VIEW`: the runs table with the probe accuracies as columns."""
-    return f"{server}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={RUNS_VIEW_KEY}"
+    return (f"{server}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            f"&viewStateShareKey={RUNS_VIEW_KEY}")
 
 
 def latest_run_id(experiment: str, tags: dict[str, str]) -> str:
