@@ -10,7 +10,8 @@ which keeps DistributedDataParallel happy (one forward per backward).
 A method's class also owns what the rest of the pipeline says about it: its params block
 (``params_block``: its key in params.yaml and the dataclass that checks it), what a paper
 claims about it (``claim_source``, ``claim_heading``, ``claims``: the report checks each on
-every run) and its own report section and figures, if any (``report_section``, ``figures``).
+every run) and the key of its own report section, if any (``report_section``: the section and its
+figures live with the report, in :data:`sdclr.report.SECTIONS`).
 
 Adding a method: a module with a ``Method`` subclass, its entry in :data:`sdclr.registry.REGISTRY`,
 its params block (if any) in params.yaml and its name in params.yaml's ``methods``; then
