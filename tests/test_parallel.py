@@ -21,7 +21,8 @@ import pytest
 import yaml
 
 from sdclr.errors import SdclrError
-from sdclr.pipeline.parallel import plan, run, workspace
+from sdclr.pipeline.parallel import run, workspace
+from sdclr.pipeline.plan import plan
 from tests.dvc_project import ROOT
 
 DVC = (sys.executable, "-m", "dvc")

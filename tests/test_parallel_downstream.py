@@ -17,7 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sdclr.pipeline.parallel import plan, run
+from sdclr.pipeline.parallel import run
+from sdclr.pipeline.plan import plan
 from tests.test_parallel import DVC, _env, _status, synthetic_project
 
 #: a stage command: concatenate the deps into the output, and append to runs.log (not a DVC path)

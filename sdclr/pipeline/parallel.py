@@ -194,8 +194,8 @@ def _signals_stop(lanes: "Lanes", stop_grace_s: float):
 
 
 class Lanes:
-    """The stages of a plan run ``dvc repro --single-item`` by ``dvc repro --single-item``, at most
-    ``jobs`` at once, each in its GPU slot, the ready ones in :func:`~sdclr.pipeline.plan.priority`'s order."""
+    """A plan's stages, each as its own ``dvc repro --single-item`` process: at most ``jobs`` at once,
+    each in a GPU slot when there are GPUs, the ready ones in :func:`~sdclr.pipeline.plan.priority`'s order."""
 
     def __init__(self, root: Path, the_plan: Plan, jobs: int, slots: dict[str, int], env: dict[str, str],
                  dvc: tuple[str, ...], log):
