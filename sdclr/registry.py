@@ -1,5 +1,7 @@
 """The registry of pretraining methods: one entry per method, and a params.yaml read with all of them.
 
+    python -m sdclr.registry        # every method there is, in the report's order, with its class
+
 ``REGISTRY`` is the one list of methods that exist: the report's rows and order, the params
 blocks a params.yaml may have, the stages dvc.yaml gets and the tools' checks all come from it;
 params.yaml's ``methods`` chooses which of them run (``python -m sdclr.pipeline.dvc_stages`` writes
@@ -64,3 +66,17 @@ def parse_params(raw: Any, source: str | Path = "params.yaml") -> Params:
 def load_params(path: str | Path = "params.yaml") -> Params:
     """A whole params file read and checked, every registered method's block included."""
     return _load(path, declared())
+
+
+def describe() -> str:
+    """One line per registered method: its key, its ``module:Class`` and its docstring's first paragraph."""
+    key, spec = max(map(len, METHODS)), max(map(len, REGISTRY.values()))
+    lines = []
+    for name in METHODS:
+        summary = " ".join((method_class(name).__doc__ or "").strip().split("\n\n")[0].split())
+        lines.append(f"{name:<{key}}  {REGISTRY[name]:<{spec}}  {summary}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(describe())

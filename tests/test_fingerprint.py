@@ -18,8 +18,9 @@ import sys
 
 import pytest
 
-from sdclr.pipeline import fingerprint
+from sdclr.pipeline import fingerprint_format as fingerprint
 from sdclr.pipeline.compare import FINGERPRINT, why
+from sdclr.pipeline.fingerprint_ops import measure
 from sdclr.runtime.numerics import has_avx2
 from tests.conftest import ROOT
 
@@ -46,7 +47,7 @@ def fresh() -> str:
 @needs_avx2
 def test_the_fingerprint_is_the_same_in_every_process_on_one_machine(fresh, root):
     _, ops = fingerprint.parse(fresh)
-    in_process = {r["op"]: {"group": r["group"], "sha": r["sha"]} for r in fingerprint.measure(root / "params.yaml")}
+    in_process = {r["op"]: {"group": r["group"], "sha": r["sha"]} for r in measure(root / "params.yaml")}
     assert in_process == ops
     groups = {v["group"] for v in ops.values()}
     assert {"conv forward", "conv backward", "batch norm", "linear layers", "NT-Xent loss", "augmentation", "SGD",

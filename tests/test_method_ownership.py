@@ -91,3 +91,14 @@ def test_the_report_stage_names_the_command_when_a_listed_method_has_no_stages(t
                                   "them: dvc.yaml has no stages for them yet; run `python -m "
                                   "sdclr.pipeline.dvc_stages`, then `dvc repro`."), out.stderr
     assert (tiny_project / "reports/report.md").read_bytes() == before  # nothing produced is touched
+
+
+def test_the_list_of_every_method_comes_from_the_registry():
+    """``python -m sdclr.registry`` lists every registered method in the report's order, and params.yaml
+    points there instead of keeping a hand-written copy that a new method would leave stale."""
+    out = subprocess.run([sys.executable, "-m", "sdclr.registry"], cwd=ROOT, capture_output=True, text=True,
+                         check=True, env=project_env(ROOT)).stdout
+    assert [line.split()[0] for line in out.splitlines()] == list(REGISTRY)
+    assert all(REGISTRY[line.split()[0]] == line.split()[1] for line in out.splitlines())
+    params_text = (ROOT / "params.yaml").read_text()
+    assert "python -m sdclr.registry" in params_text and ", ".join(list(REGISTRY)[3:]) not in params_text

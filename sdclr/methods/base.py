@@ -201,8 +201,12 @@ def load_method(spec: str) -> type[Method]:
     reading the registry."""
     module, _, cls = spec.partition(":")
     try:
-        found = getattr(importlib.import_module(module), cls)
-    except (ImportError, AttributeError, ValueError):
+        found = getattr(importlib.import_module(module), cls, None)
+    except ModuleNotFoundError as missing:
+        if missing.name is None or not (module + ".").startswith(missing.name + "."):
+            raise  # the module exists and one of its own imports failed: that error is the one to read
+        found = None
+    except ValueError:  # an empty module name
         found = None
     if not (isinstance(found, type) and issubclass(found, Method)):
         raise ConfigError(f"{spec!r} names no pretraining method; accepted: module:Class of a "

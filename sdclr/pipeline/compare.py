@@ -24,7 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sdclr.pipeline import fingerprint
+from sdclr.pipeline import fingerprint_format as fingerprint
 
 FINGERPRINT = "reports/fingerprint.jsonl"
 
