@@ -62,14 +62,19 @@ def apply_overrides(raw: dict, items: list[str]) -> None:
 
 def measure(args) -> dict:
     """Build the run exactly as training does (``sdclr.pretrain_loop.build``) and time ``Training.step``."""
-    import numpy as np
-    import torch
+    params = _bench_params(args)
+    t = _build_synthetic_run(args, params)
+    _apply_levers(args, t)
+    warmup_s, seconds, losses = _time_steps(args, t)
+    peak = _peak_memory(t.data.device)
+    return _measurement_row(args, params, t, warmup_s, seconds, losses, peak)
+
+
+def _bench_params(args):
+    """params.yaml with this configuration's settings and the ``--set`` overrides written in."""
     import yaml
 
-    from sdclr.pretrain_loop import Job, build
-    from sdclr.registry import method_class, parse_params
-    from sdclr.runtime.numerics import cpu_model
-    from sdclr.storage.encoder_file import ModelSpec
+    from sdclr.registry import parse_params
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["device"] = args.device
@@ -79,14 +84,28 @@ def measure(args) -> dict:
     if args.compile != "off":
         raw["pretrain"]["compile_mode"] = args.compile
     apply_overrides(raw, args.set or [])  # e.g. sbid.negatives=4096
-    params = parse_params(raw)
+    return parse_params(raw)
+
+
+def _build_synthetic_run(args, params):
+    """Training's own run of ``args.method`` (``sdclr.pretrain_loop.build``), on synthetic images."""
+    import numpy as np
+
+    from sdclr.pretrain_loop import Job, build
+    from sdclr.registry import method_class
+    from sdclr.storage.encoder_file import ModelSpec
 
     # Synthetic uint8 images, as many as the real training subset (sbid's bank has one entry per image).
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (args.train_images, args.size, args.size, args.channels), dtype=np.uint8)
     spec = ModelSpec(args.channels, [0.5] * args.channels, [0.25] * args.channels)
-    t = build(params, Job(method_class(args.method), 0, images, np.arange(args.train_images), spec))
-    device = t.data.device
+    return build(params, Job(method_class(args.method), 0, images, np.arange(args.train_images), spec))
+
+
+def _apply_levers(args, t) -> None:
+    """Override, one lever at a time, what ``build`` chose, so each lever's effect can be measured."""
+    import torch
+
     if args.cudnn_benchmark != "auto":  # a lever measured on its own (build turns it on for CUDA)
         torch.backends.cudnn.benchmark = args.cudnn_benchmark == "on"
     if args.augment_compile == "off":  # a lever measured on its own: compile the network only
@@ -95,6 +114,13 @@ def measure(args) -> dict:
         group = t.optimizer.param_groups[0]
         t.optimizer = torch.optim.SGD(t.method.parameters(), lr=group["lr"], momentum=group["momentum"],
                                       weight_decay=group["weight_decay"], fused=args.sgd == "fused" or None)
+
+
+def _time_steps(args, t):
+    """Warm-up seconds, the median seconds of ``--repeats`` windows of ``--steps`` steps, and every step's loss."""
+    import torch
+
+    device = t.data.device
     on_cuda = device.type == "cuda"
     t.step_fn.train()
     t.method.on_epoch_start(0)
@@ -119,11 +145,28 @@ def measure(args) -> dict:
         losses.append(run(args.steps))
         times.append(time.perf_counter() - t0)
     seconds = sorted(times)[len(times) // 2]
-    losses = torch.cat(losses)
-    if on_cuda:
-        peak_mb, kind = torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
-    else:
-        peak_mb, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_peak_rss"
+    return warmup_s, seconds, torch.cat(losses)
+
+
+def _peak_memory(device) -> tuple[float, str]:
+    """The peak memory in MiB and what it counts (CUDA: allocated tensors; CPU: the process's peak RSS)."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_peak_rss"
+
+
+def _measurement_row(args, params, t, warmup_s: float, seconds: float, losses, peak: tuple[float, str]) -> dict:
+    """The JSON line of one configuration: its settings, rates, peak memory and losses."""
+    import torch
+
+    from sdclr.registry import method_class
+    from sdclr.runtime.numerics import cpu_model
+
+    device = t.data.device
+    on_cuda = device.type == "cuda"
+    peak_mb, kind = peak
     cls = method_class(args.method)
     return {
         "method": args.method, "device": str(device),
@@ -198,6 +241,30 @@ def ratios(rows: list[dict]) -> dict:
 
 
 def main() -> None:
+    p = _parser()
+    args = p.parse_args()
+
+    if args.method:
+        print(json.dumps(measure(args)), flush=True)
+        return
+    if args.baseline:
+        print(json.dumps(measure_baseline(args)), flush=True)
+        return
+    compiles = _compile_modes(p, args)
+    base = _without(sys.argv[1:], "--compile")
+    configs = [(["--method", m, "--compile", c], {"method": m, "compile": c})
+               for m in args.methods.split(",") for c in compiles]
+    if args.warm_parallel:
+        _warm_inductor_cache(base, configs)
+    if args.baselines:  # first: a run cut short by a time limit still has them
+        configs = [(["--baseline", b], {"baseline": b}) for b in ("model_bound", "conventional")] + configs
+    rows = _run_configs(base, configs, args.out)
+    if args.baselines or len(rows) > 1:
+        emit({"ratios": ratios(rows), "date": time.strftime("%Y-%m-%d")}, args.out)
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The command line; ``--method`` and ``--baseline`` are internal: one configuration per subprocess."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", default="simclr,sdclr,sbid", help="comma-separated method keys")
     p.add_argument("--device", default="auto")
@@ -233,14 +300,11 @@ def main() -> None:
     p.add_argument("--out", type=Path, help="append every JSON line to this file")
     p.add_argument("--method", help=argparse.SUPPRESS)  # internal: run one configuration in this process
     p.add_argument("--baseline", help=argparse.SUPPRESS)  # internal: run one baseline in this process
-    args = p.parse_args()
+    return p
 
-    if args.method:
-        print(json.dumps(measure(args)), flush=True)
-        return
-    if args.baseline:
-        print(json.dumps(measure_baseline(args)), flush=True)
-        return
+
+def _compile_modes(p: argparse.ArgumentParser, args) -> list[str]:
+    """The ``--compile`` modes (``on`` read as ``default``), after checking them and ``--baselines``."""
     if args.baselines and (args.channels != 3 or args.width != 64):
         p.error("--baselines needs --channels 3 and --width 64: the baselines are torchvision's ResNet-18 "
                 "and the SimCLR CIFAR input pipeline, comparable only to the paper's setting")
@@ -248,26 +312,28 @@ def main() -> None:
     unknown = set(compiles) - {"off", "default", "reduce-overhead", "max-autotune-no-cudagraphs"}
     if unknown:
         p.error(f"--compile: unknown mode(s) {sorted(unknown)}")
-    base = _without(sys.argv[1:], "--compile")
-    configs = [(["--method", m, "--compile", c], {"method": m, "compile": c})
-               for m in args.methods.split(",") for c in compiles]
-    if args.warm_parallel:
-        warm = [subprocess.Popen([sys.executable, __file__, *base, *extra, "--steps", "1", "--warmup", "2",
-                                  "--repeats", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                for extra, label in configs if label["compile"] != "off"]
-        for proc in warm:
-            proc.wait()
-    if args.baselines:  # first: a run cut short by a time limit still has them
-        configs = [(["--baseline", b], {"baseline": b}) for b in ("model_bound", "conventional")] + configs
+    return compiles
+
+
+def _warm_inductor_cache(base: list[str], configs: list[tuple[list[str], dict]]) -> None:
+    """Run every compiled configuration for a few steps at once, so each is then timed with a warm cache."""
+    warm = [subprocess.Popen([sys.executable, __file__, *base, *extra, "--steps", "1", "--warmup", "2",
+                              "--repeats", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for extra, label in configs if label["compile"] != "off"]
+    for proc in warm:
+        proc.wait()
+
+
+def _run_configs(base: list[str], configs: list[tuple[list[str], dict]], out: Path | None) -> list[dict]:
+    """Each configuration in a fresh subprocess, one after another; every row emitted as it comes."""
     rows = []
     for extra, label in configs:
         proc = subprocess.run([sys.executable, __file__, *base, *extra], capture_output=True, text=True)
         row = ({**label, "error": proc.stderr.strip().splitlines()[-1:]} if proc.returncode != 0
                else json.loads(proc.stdout.strip().splitlines()[-1]))
         rows.append(row)
-        emit(row, args.out)
-    if args.baselines or len(rows) > 1:
-        emit({"ratios": ratios(rows), "date": time.strftime("%Y-%m-%d")}, args.out)
+        emit(row, out)
+    return rows
 
 
 def _without(argv: list[str], flag: str) -> list[str]:

@@ -40,6 +40,27 @@ def knn_accuracy(pool_x, pool_y, val_x, val_y, kind: str, k: int, temperature: f
 
 
 def main() -> None:
+    p = _parser()
+    args = p.parse_args()
+    if (args.method is None) == (args.encoder is None):
+        p.error("give --method or --encoder")
+
+    from sdclr.runtime.numerics import pin
+
+    pin("portable")
+    params = _params_with(args.set)
+    images, labels, split = _training_data(params, args.split)
+    t0 = time.perf_counter()
+    net = _encoder(args, params, images, split)
+    seconds = time.perf_counter() - t0
+    line = json.dumps(_validation_scores(args, params, net, images, labels, split, seconds))
+    print(line)
+    if args.out:
+        with args.out.open("a") as f:
+            f.write(line + "\n")
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--method", help="a registered method to pretrain, or random (the untrained encoder)")
     p.add_argument("--encoder", type=Path, help="an encoder file to score instead")
@@ -49,51 +70,75 @@ def main() -> None:
                    help="kNN settings to score, features:k:temperature, comma-separated")
     p.add_argument("--work", type=Path, default=ROOT / ".bench" / "sweep", help="where trained encoders go")
     p.add_argument("--out", type=Path, help="append the JSON line here")
-    args = p.parse_args()
-    if (args.method is None) == (args.encoder is None):
-        p.error("give --method or --encoder")
+    return p
 
-    from sdclr.runtime.numerics import pin
 
-    pin("portable")
-    import numpy as np
-    import torch
+def _params_with(overrides: list[str]):
+    """params.yaml with the ``-S`` overrides; its numerics applied to torch (after :func:`pin`)."""
     import yaml
 
     from benchmarks.pretrain_throughput import apply_overrides
-    from sdclr.data.device_data import channel_stats
-    from sdclr.data.longtail import load_split
-    from sdclr.evaluate import Heldout, extract_features, linear_probe
-    from sdclr.methods.base import Method
-    from sdclr.models import build_model
-    from sdclr.pretrain_loop import Job, Outputs, pretrain
-    from sdclr.registry import method_class, parse_params
+    from sdclr.registry import parse_params
     from sdclr.runtime.numerics import apply
-    from sdclr.storage.encoder_file import ModelSpec, load_encoder
-    from sdclr.storage.io import load_raw
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    apply_overrides(raw, args.set)
+    apply_overrides(raw, overrides)
     params = parse_params(raw)
     apply(params.numerics)
+    return params
+
+
+def _training_data(params, split_index: int):
+    """The training images, their labels and the split's index sets (longtail, pool, val, fewshot)."""
+    from sdclr.data.longtail import load_split
+    from sdclr.storage.io import load_raw
+
     train = load_raw(ROOT / "data" / "raw" / params.data.dataset, parts=("train",)).train
     images, labels = train["images"], train["labels"]
-    split = load_split(ROOT / "data" / "splits" / params.data.dataset, args.split, num_train=len(images))
-    t0 = time.perf_counter()
+    split = load_split(ROOT / "data" / "splits" / params.data.dataset, split_index, num_train=len(images))
+    return images, labels, split
+
+
+def _encoder(args, params, images, split):
+    """The encoder to score: ``--encoder``'s file, the untrained one (``random``), or one pretrained here."""
+    import torch
+
+    from sdclr.data.device_data import channel_stats
+    from sdclr.methods.base import Method
+    from sdclr.models import build_model
+    from sdclr.storage.encoder_file import load_encoder
+
     if args.encoder:
-        net = load_encoder(args.encoder)[0]
-    elif args.method == "random":
+        return load_encoder(args.encoder)[0]
+    if args.method == "random":
         torch.manual_seed(params.seed * 1000 + args.split)  # the evaluate stage's untrained encoder of this split
-        net = build_model(params.model.width, images.shape[-1], *channel_stats(images), Method.head_spec(params))
-    else:
-        folder = args.work / f"{args.method}-split{args.split}-{'-'.join(args.set) or 'default'}".replace("/", "_")
-        folder.mkdir(parents=True, exist_ok=True)
-        if not (folder / "encoder.pt").exists():
-            job = Job(method_class(args.method), args.split, images, split["longtail"],
-                      ModelSpec(images.shape[-1], *channel_stats(images)))
-            pretrain(params, job, Outputs(folder / "encoder.pt", folder / "checkpoint.ckpt"), log=lambda line: None)
-        net = load_encoder(folder / "encoder.pt")[0]
-    seconds = time.perf_counter() - t0
+        return build_model(params.model.width, images.shape[-1], *channel_stats(images), Method.head_spec(params))
+    return _pretrained_encoder(args, params, images, split)
+
+
+def _pretrained_encoder(args, params, images, split):
+    """``--method`` pretrained on the split's long-tailed subset, in a ``--work`` folder per setting (reused)."""
+    from sdclr.data.device_data import channel_stats
+    from sdclr.pretrain_loop import Job, Outputs, pretrain
+    from sdclr.registry import method_class
+    from sdclr.storage.encoder_file import ModelSpec, load_encoder
+
+    folder = args.work / f"{args.method}-split{args.split}-{'-'.join(args.set) or 'default'}".replace("/", "_")
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "encoder.pt").exists():
+        job = Job(method_class(args.method), args.split, images, split["longtail"],
+                  ModelSpec(images.shape[-1], *channel_stats(images)))
+        pretrain(params, job, Outputs(folder / "encoder.pt", folder / "checkpoint.ckpt"), log=lambda line: None)
+    return load_encoder(folder / "encoder.pt")[0]
+
+
+def _validation_scores(args, params, net, images, labels, split, seconds: float) -> dict:
+    """The JSON line: the linear probes' best-epoch validation accuracy and kNN's under each ``--knn`` setting."""
+    import numpy as np
+    import torch
+
+    from sdclr.evaluate import Heldout, extract_features, linear_probe
+
     net.eval()
     cpu, bs = torch.device("cpu"), params.evaluate.feature_batch_size
     pool, val = split["pool"], split["val"]
@@ -112,11 +157,7 @@ def main() -> None:
         kind, k, temperature = setting.split(":")
         row[f"knn_{kind}_k{k}_T{temperature}_val"] = knn_accuracy(pool_x, pool_y, val_x, val_y, kind, int(k),
                                                                    float(temperature))
-    line = json.dumps(row)
-    print(line)
-    if args.out:
-        with args.out.open("a") as f:
-            f.write(line + "\n")
+    return row
 
 
 if __name__ == "__main__":
