@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import yaml
 
 from sdclr.pipeline.dvc_stages import import_closure, method_module, render
 from sdclr.registry import METHODS, REGISTRY, method_class
-from tests.dvc_project import dvc, make_project, update_params
+from tests.dvc_project import dvc, make_project, project_env, update_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -180,11 +182,6 @@ def test_adding_a_method_or_correcting_a_published_number_reruns_the_report_and_
     """A method added as docs/design.md says (its module, its registry line, its block and its name in
     ``methods``, dvc.yaml rewritten) leaves every existing stage up to date; so does a published number
     corrected: the paper tables live with the report."""
-    import subprocess
-    import sys
-
-    from tests.dvc_project import project_env
-
     proj = make_project(tmp_path / "proj", TINY)
     _fake_outputs(proj)
     dvc(proj, "commit", "-f")
