@@ -47,9 +47,10 @@ def method_class(name: str) -> type:
     return load_method(spec)
 
 
-def declared(names: tuple[str, ...] = METHODS, complete: bool = True) -> Declared:
-    """What the methods ``names`` declare about params.yaml (blocks, checks), for :mod:`sdclr.config`."""
-    classes = [method_class(n) for n in names]
+def declared(names: tuple[str, ...] | None = None, complete: bool = True) -> Declared:
+    """What the methods ``names`` (default: every registered one) declare about params.yaml (blocks,
+    checks), for :mod:`sdclr.config`."""
+    classes = [method_class(n) for n in (METHODS if names is None else names)]
     blocks: dict[str, type] = {}
     for cls in classes:
         if cls.params_block is not None:

@@ -4,6 +4,7 @@ and params.yaml's ``methods`` decides which methods run."""
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 
@@ -23,12 +24,10 @@ from tests.test_report import _write_metrics
 @pytest.fixture
 def foo_registered(monkeypatch):
     """``foo`` in the registry for this test only: one entry, as a new method adds."""
-    import sdclr.methods as methods
-    import sdclr.report.claims as claims_module
-
     monkeypatch.setitem(REGISTRY, "foo", "tests.throwaway_method:Foo")
-    for module in (methods, claims_module):  # the tuple of names, as both modules read it
-        monkeypatch.setattr(module, "METHODS", tuple(REGISTRY))
+    for name in ("registry", "pipeline.dvc_stages", "report", "report.aggregate", "report.claims",
+                 "report.deviations"):  # each module that reads the tuple of names
+        monkeypatch.setattr(importlib.import_module(f"sdclr.{name}"), "METHODS", tuple(REGISTRY))
 
 
 def _raw(methods: list[str], **blocks) -> dict:

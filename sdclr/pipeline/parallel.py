@@ -54,7 +54,6 @@ from sdclr.pipeline import experiment
 from sdclr.pipeline.environment import default_jobs, stage_env, visible_gpus
 from sdclr.pipeline.plan import LOCK_RETRIES, Plan, expected_seconds, plan, priority
 from sdclr.pipeline.progress import LOG_DIR, describe, error_line
-from sdclr.registry import load_params
 
 #: what DVC prints when it lost a lock race to another dvc process (repo lock or a path's rwlock)
 LOCK_RACE = re.compile(r"Unable to acquire lock|is busy, it is being blocked by|Lock file .* is locked")
@@ -321,8 +320,6 @@ def main(argv: list[str] | None = None) -> None:
     jobs = args.jobs or (SLURM_JOBS if args.slurm else default_jobs(visible_gpus(), args.per_gpu))
     env = dict(os.environ)
     try:
-        if (Path.cwd() / "params.yaml").is_file():  # the whole file, every method's block: before any work
-            load_params(Path.cwd() / "params.yaml")
         if args.set_param:
             name = args.name or experiment.new_name()
             experiment.set_params(Path.cwd(), args.set_param)
