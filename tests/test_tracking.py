@@ -52,3 +52,26 @@ def test_the_experiment_carries_the_runs_view_and_the_store_prints_its_link(tmp_
                          check=True).stdout.splitlines()
     assert out[1:] == [f"sdclr-fashion_mnist: http://127.0.0.1:5000/#/experiments/{old}/runs"
                        "?workflowType=machine_learning&viewStateShareKey=runs"]  # not the reports experiment
+
+
+def test_a_logged_encoder_reloads_from_the_store_and_gives_the_encoders_features(tmp_path, monkeypatch):
+    """``Run.log_model`` skips MLflow's own reload-and-serve check (seconds per pretraining), so this
+    test does it: the logged ``pt2`` encoder, loaded back by its model id, gives the module's features."""
+    import mlflow.pytorch
+    import numpy as np
+    import torch
+
+    from sdclr.models.resnet import ResNet18
+    from sdclr.runtime.tracking import Run
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)  # the artifacts go beside the store, not into the project
+    torch.manual_seed(0)
+    encoder = ResNet18(1, 8, [0.5], [0.25]).eval()
+    example = np.random.default_rng(0).random((2, 1, 28, 28), dtype=np.float32)
+    with Run("logged-model-check", "pretrain-x", {}, {}, "stages/pretrain.py") as run:
+        model_id = run.log_model(encoder, example, {"method": "x", "split": 0})
+    loaded = mlflow.pytorch.load_model(f"models:/{model_id}")
+    with torch.no_grad():
+        x = torch.from_numpy(example)
+        torch.testing.assert_close(loaded(x), encoder(x))
