@@ -99,6 +99,18 @@ def test_too_many_targets_for_the_projection_is_one_sentence_when_gh_runs(tiny_p
         parse_params(raw)
 
 
+
+def test_a_warmup_as_long_as_the_pretraining_is_one_sentence_when_gh_runs(tiny_project):
+    """GH that never acts would publish its base method under GH's name: rejected before training."""
+    raw = yaml.safe_load((tiny_project / "params.yaml").read_text())
+    raw["methods"] = [*raw["methods"], "simclr_gh"]
+    raw["gh"]["num_targets"] = raw["model"]["proj_dim"]  # fits the tiny projection
+    raw["gh"]["warmup_epochs"] = raw["pretrain"]["epochs"] - 1
+    parse_params(raw)  # GH acts in the last epoch: accepted
+    raw["gh"]["warmup_epochs"] = raw["pretrain"]["epochs"]
+    with pytest.raises(ParamError, match=r"gh.warmup_epochs = \d+ is not below the \d+ pretraining epochs"):
+        parse_params(raw)
+
 def test_the_report_compares_pi_with_the_class_frequencies(tmp_path):
     """π from the clusters column, both sorted: a run whose clusters are the classes has TV 0 and
     beats the uniform prior on every split; the figure is written either way."""

@@ -62,10 +62,15 @@ class Harmonized:
 
     @classmethod
     def check_params(cls, params):
-        """The K targets of a simplex fit in at most proj_dim + 1 dimensions."""
+        """The K targets of a simplex fit in at most proj_dim + 1 dimensions, and GH acts in at least one epoch."""
         if params.gh.num_targets > params.model.proj_dim + 1:
             raise ParamError(f"gh.num_targets = {params.gh.num_targets} does not fit a simplex in model.proj_dim = "
                              f"{params.model.proj_dim} dimensions; accepted: at most {params.model.proj_dim + 1}.")
+        epochs = cls.setting(params, "epochs")
+        if params.gh.warmup_epochs >= epochs:
+            raise ParamError(f"gh.warmup_epochs = {params.gh.warmup_epochs} is not below the {epochs} pretraining "
+                             "epochs, so GH would never act (the run would be its base method); accepted: at most "
+                             f"{epochs - 1}.")
 
     @classmethod
     def from_params(cls, params, net, num_samples):
