@@ -320,16 +320,13 @@ class Run:
 
         ``pt2`` is a traced graph (torch.export), no pickle: it loads without this project's
         code. The signature comes from ``example`` (a float NCHW batch). Returns the model id.
-        MLflow's own check that the model reloads and serves the example is off
-        (``validate_serving_input``): it re-imports the model in every pretraining stage, ~2 s
-        each; ``tests/test_tracking.py`` reloads a logged encoder and compares its output instead.
         """
         import mlflow.pytorch
 
         with self.mlflow.start_run(run_id=self.run_id):
             info = mlflow.pytorch.log_model(module, name="encoder", input_example=example,
-                                            serialization_format="pt2", pip_requirements=_pip_requirements(),
-                                            tags={k: str(v) for k, v in tags.items()}, validate_serving_input=False)
+                                                 serialization_format="pt2", pip_requirements=_pip_requirements(),
+                                                 tags={k: str(v) for k, v in tags.items()})
         self.client.update_run(self.run_id, status="RUNNING")  # the fluent context closed it; __exit__ decides
         return info.model_id
 
