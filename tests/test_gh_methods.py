@@ -99,7 +99,6 @@ def test_too_many_targets_for_the_projection_is_one_sentence_when_gh_runs(tiny_p
         parse_params(raw)
 
 
-
 def test_a_warmup_as_long_as_the_pretraining_is_one_sentence_when_gh_runs(tiny_project):
     """GH that never acts would publish its base method under GH's name: rejected before training."""
     raw = yaml.safe_load((tiny_project / "params.yaml").read_text())
@@ -110,6 +109,7 @@ def test_a_warmup_as_long_as_the_pretraining_is_one_sentence_when_gh_runs(tiny_p
     raw["gh"]["warmup_epochs"] = raw["pretrain"]["epochs"]
     with pytest.raises(ParamError, match=r"gh.warmup_epochs = \d+ is not below the \d+ pretraining epochs"):
         parse_params(raw)
+
 
 def test_the_report_compares_pi_with_the_class_frequencies(tmp_path):
     """π from the clusters column, both sorted: a run whose clusters are the classes has TV 0 and

@@ -56,7 +56,7 @@ def test_the_experiment_carries_the_runs_view_and_the_store_prints_its_link(tmp_
 
 def test_a_logged_encoder_reloads_from_the_store_and_gives_the_encoders_features(tmp_path, monkeypatch):
     """What a user of the Models view gets: the logged ``pt2`` encoder, loaded back by its model id
-    without this project's code, gives the module's features (MLflow's own check only runs it)."""
+    through MLflow's loader, gives the module's features (MLflow's own check at logging only runs it)."""
     import mlflow.pytorch
     import numpy as np
     import torch
